@@ -1,0 +1,202 @@
+"""Settings: a TOML file (DUNNING_CONFIG, default ./dunning.toml if present) under
+DUNNING_* environment variables. Validated at boot; a bad value stops the program with a
+message naming the key, the value and the rule it broke.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+from typing_extensions import Annotated
+
+from dunning.contracts import CampaignPlan, StepSpec
+
+BUILTIN_TEMPLATES = Path(__file__).parent / "email" / "templates"
+_KEY = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+
+class ConfigError(Exception):
+    """A configuration value broke a rule. The message names key, value and rule."""
+
+
+def default_steps() -> list[StepSpec]:
+    return [
+        StepSpec(after_days=0, key="first_notice", template="first_notice"),
+        StepSpec(after_days=5, key="reminder", template="reminder"),
+        StepSpec(after_days=12, key="final_notice", template="final_notice"),
+    ]
+
+
+class CampaignSettings(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    enabled: bool = True
+    steps: list[StepSpec] = Field(default_factory=default_steps)
+    grace_days: float = 14
+
+    @model_validator(mode="after")
+    def _cadence(self) -> CampaignSettings:
+        if not self.steps:
+            raise ValueError("campaign.steps = []: at least one step is required")
+        seen: set[str] = set()
+        for i, step in enumerate(self.steps):
+            if not _KEY.match(step.key):
+                raise ValueError(
+                    f"campaign.steps[{i}].key = {step.key!r}: must be lowercase letters, digits and _"
+                )
+            if step.key in seen:
+                raise ValueError(f"campaign.steps[{i}].key = {step.key!r}: keys must be unique")
+            seen.add(step.key)
+            if i and step.after_days <= self.steps[i - 1].after_days:
+                raise ValueError(
+                    f"campaign.steps[{i}].after_days = {step.after_days:g}: must be strictly increasing "
+                    f"(campaign.steps[{i - 1}].after_days = {self.steps[i - 1].after_days:g})"
+                )
+        last = self.steps[-1].after_days
+        if self.grace_days < last:
+            raise ValueError(
+                f"campaign.grace_days = {self.grace_days:g}: must be >= the last step's after_days ({last:g})"
+            )
+        return self
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DUNNING_", env_nested_delimiter="__", extra="forbid")
+
+    home: Path = Path(".dunning")
+    database_url: str | None = None
+
+    temporal_address: str = "127.0.0.1:7233"
+    temporal_namespace: str = "default"
+    temporal_task_queue: str = "dunning"
+    temporal_tls: bool = False
+    temporal_api_key: str | None = None
+
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = Field(default=1025, ge=1, le=65535)
+    smtp_sender: str = "billing@example.com"
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_starttls: bool = False
+    smtp_timeout: float = Field(default=10, gt=0)
+
+    templates_dir: Path = BUILTIN_TEMPLATES
+    day_seconds: float = Field(default=86400, gt=0)
+    campaign: CampaignSettings = Field(default_factory=CampaignSettings)
+
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=1, le=65535)
+    api_token: str | None = None
+    fake_webhook_secret: str | None = None
+    stripe_webhook_secret: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    stripe_api_key: str | None = None
+    stripe_api_base: str | None = None
+    braintree_merchant_id: str | None = None
+    braintree_public_key: str | None = None
+    braintree_private_key: str | None = None
+    braintree_environment: str = "sandbox"
+
+    @field_validator("campaign", mode="before")
+    @classmethod
+    def _campaign_shorthand(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # `campaign = false` in TOML
+            return {"enabled": value}
+        if isinstance(value, str) and value.lower() in {"true", "false", "1", "0"}:
+            return {"enabled": value.lower() in {"true", "1"}}
+        return value
+
+    @field_validator("stripe_webhook_secret", mode="before")
+    @classmethod
+    def _split_secrets(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _templates_exist(self) -> Settings:
+        for i, step in enumerate(self.campaign.steps):
+            if not _KEY.match(step.template) or not (self.templates_dir / f"{step.template}.txt.j2").is_file():
+                raise ValueError(
+                    f"campaign.steps[{i}].template = {step.template!r}: no such template in {self.templates_dir} "
+                    f"(known: {', '.join(known_templates(self.templates_dir)) or 'none'})"
+                )
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = config_path()
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    # --- derived values -------------------------------------------------------------
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.home / 'dunning.db').resolve()}"
+
+    @property
+    def outbox(self) -> Path:
+        return self.home / "outbox"
+
+    def plan(self) -> CampaignPlan:
+        return CampaignPlan(
+            steps=self.campaign.steps, grace_days=self.campaign.grace_days, day_seconds=self.day_seconds
+        )
+
+
+def known_templates(directory: Path) -> list[str]:
+    return sorted(p.name.removesuffix(".txt.j2") for p in directory.glob("*.txt.j2"))
+
+
+def config_path() -> Path | None:
+    explicit = os.environ.get("DUNNING_CONFIG")
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"DUNNING_CONFIG = {explicit!r}: no such file")
+        return path
+    default = Path("dunning.toml")
+    return default if default.is_file() else None
+
+
+def format_errors(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        if msg.startswith(("campaign.", f"{loc}")):  # our own rules already name the key
+            lines.append(msg)
+        else:
+            value = e.get("input")
+            shown = "" if isinstance(value, dict) else f" = {value!r}"
+            lines.append(f"{loc or 'config'}{shown}: {msg}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Load and validate settings; raise ConfigError with a readable message."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as err:
+        raise ConfigError(format_errors(err)) from None
+    except ValueError as err:  # e.g. a TOML syntax error
+        raise ConfigError(f"invalid configuration: {err}") from None

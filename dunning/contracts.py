@@ -1,0 +1,134 @@
+"""Pydantic models that cross a boundary: workflow input/output, queries, billing events.
+
+Everything here carries ids and bounded values only, never an email address or a name.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+Outcome = Literal["running", "recovered", "resolved", "exhausted"]
+
+
+class StepSpec(BaseModel):
+    """One email step of a campaign: sent `after_days` after the anchor."""
+
+    after_days: float = Field(ge=0)
+    key: str
+    template: str
+
+
+class CampaignPlan(BaseModel):
+    """The cadence a campaign runs, fixed into the workflow history when it begins."""
+
+    steps: list[StepSpec]
+    grace_days: float
+    day_seconds: float
+
+
+class CampaignInput(BaseModel):
+    """Workflow input: ids and the anchor (provider time of the failure) only."""
+
+    subscription_id: str
+    customer_id: str
+    failed_at: datetime
+    provider: str = "fake"
+
+
+class StepOutcome(BaseModel):
+    """What the email activity did for one step."""
+
+    step_key: str
+    status: Literal["sent", "already_sent", "unconfirmed"]
+    message_id: str
+
+
+class GuardResult(BaseModel):
+    """Cancel-guard: is the campaign still wanted?"""
+
+    proceed: bool
+    reason: str = ""
+
+
+class NextStep(BaseModel):
+    key: str
+    kind: str
+    at: datetime
+
+
+class CampaignState(BaseModel):
+    """Answer of the `state` query, and of `dunning campaign status --json`."""
+
+    subscription_id: str
+    customer_id: str
+    campaign_started_at: datetime
+    stage: str
+    outcome: Outcome = "running"
+    steps_sent: list[str] = Field(default_factory=list)
+    steps_unconfirmed: list[str] = Field(default_factory=list)
+    steps_skipped: list[str] = Field(default_factory=list)
+    next_step: NextStep | None = None
+    reason: str = ""
+    ended_at: datetime | None = None
+
+
+class CampaignEnd(BaseModel):
+    """Passed to the finish activity: how the campaign ended."""
+
+    subscription_id: str
+    customer_id: str
+    campaign_started_at: datetime
+    outcome: Outcome
+    reason: str = ""
+    at: datetime
+
+
+class EventKind(StrEnum):
+    payment_failed = "payment_failed"
+    payment_succeeded = "payment_succeeded"
+    payment_action_required = "payment_action_required"
+    payment_method_updated = "payment_method_updated"
+    invoice_marked_uncollectible = "invoice_marked_uncollectible"
+    invoice_voided = "invoice_voided"
+    subscription_canceled = "subscription_canceled"
+    bad_debt_paid = "bad_debt_paid"
+    drift_detected = "drift_detected"
+    recompute_requested = "recompute_requested"
+
+
+DeclineClass = Literal["hard", "soft", "action_required", "unknown"]
+
+
+class BillingEvent(BaseModel):
+    """One billing event from any provider, normalized.
+
+    `customer_email`/`customer_name` are kept only until the customers table is written;
+    they never enter a workflow input (see `for_workflow`).
+    """
+
+    provider: Literal["stripe", "braintree", "fake"]
+    event_id: str
+    event_type: str  # the provider's own type string, for the inbox and counters
+    kind: EventKind | None  # None: a type the engine records but does not act on
+    occurred_at: datetime  # provider time of the event
+    subscription_id: str | None = None
+    customer_id: str | None = None
+    invoice_id: str | None = None
+    customer_email: str | None = None
+    customer_name: str | None = None
+    decline_code: str | None = None
+    decline_message: str | None = None
+    decline_class: DeclineClass | None = None
+    attempt_count: int | None = None
+    next_provider_retry_at: datetime | None = None
+    amount_due: int | None = None  # minor units
+    currency: str | None = None
+    subscription_status: str | None = None  # provider status after the event, if given
+
+    def for_workflow(self) -> BillingEvent:
+        """The same event without personal data, safe for a workflow signal."""
+        return self.model_copy(update={"customer_email": None, "customer_name": None, "decline_message": None})
