@@ -1,0 +1,112 @@
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dunning.contracts import CampaignPlan, StepSpec
+from dunning.journey import EXHAUST, Done, Due, boundary, next_action, next_step
+
+ANCHOR = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
+DAY = 86400.0
+DEFAULT = [
+    StepSpec(after_days=0, key="first_notice", template="first_notice"),
+    StepSpec(after_days=5, key="reminder", template="reminder"),
+    StepSpec(after_days=12, key="final_notice", template="final_notice"),
+]
+
+
+@st.composite
+def step_lists(draw):
+    gaps = draw(st.lists(st.integers(min_value=1, max_value=30 * 24), min_size=1, max_size=8))
+    start = draw(st.integers(min_value=0, max_value=48))
+    hours, out = start, []
+    for i, gap in enumerate(gaps):
+        out.append(StepSpec(after_days=hours / 24, key=f"s{i}", template="first_notice"))
+        hours += gap
+    return out
+
+
+times = st.datetimes(
+    min_value=datetime(2020, 1, 1), max_value=datetime(2035, 1, 1), timezones=st.just(UTC)
+)
+day_seconds = st.sampled_from([1.0, 2.0, 60.0, 3600.0, DAY])
+
+
+def test_default_cadence_from_anchor():
+    r = next_step(DEFAULT, ANCHOR, ANCHOR, DAY)
+    assert r == Due("first_notice", "email", ANCHOR, timedelta(0))
+    r = next_step(DEFAULT, ANCHOR, ANCHOR + timedelta(seconds=3), DAY, {"first_notice"})
+    assert r.key == "reminder" and r.at == ANCHOR + timedelta(days=5)
+    assert r.delay == timedelta(days=5, seconds=-3)
+
+
+def test_late_start_sends_latest_due_step_and_skips_the_rest():
+    r = next_step(DEFAULT, ANCHOR, ANCHOR + timedelta(days=6), DAY)
+    assert r.key == "reminder" and r.delay == timedelta(0) and r.skipped == ("first_notice",)
+
+
+def test_anchor_in_the_future_never_gives_negative_delay():
+    r = next_step(DEFAULT, ANCHOR, ANCHOR - timedelta(hours=1), DAY)
+    assert r.key == "first_notice" and r.delay == timedelta(hours=1)
+
+
+def test_exhaust_after_last_step_then_done():
+    plan = CampaignPlan(steps=DEFAULT, grace_days=14, day_seconds=DAY)
+    handled = {"first_notice", "reminder", "final_notice"}
+    r = next_action(plan, ANCHOR, ANCHOR + timedelta(days=12), handled)
+    assert r.kind == EXHAUST and r.at == ANCHOR + timedelta(days=14) and r.delay == timedelta(days=2)
+    assert next_action(plan, ANCHOR, ANCHOR + timedelta(days=20), handled | {EXHAUST}) == Done()
+
+
+@given(step_lists(), times, times, day_seconds, st.data())
+def test_total_and_delay_never_negative(steps, anchor, now, ds, data):
+    handled_upto = data.draw(st.integers(min_value=-1, max_value=len(steps) - 1))
+    handled = {s.key for s in steps[: handled_upto + 1]}
+    r = next_step(steps, anchor, now, ds, handled)
+    if handled_upto == len(steps) - 1:
+        assert r == Done()  # done exactly when nothing is left
+        return
+    assert isinstance(r, Due)
+    assert r.delay >= timedelta(0)
+    assert r.key not in handled
+    pending = steps[handled_upto + 1 :]
+    # delay is zero exactly when a pending boundary has been reached
+    reached = any(boundary(anchor, s.after_days, ds) <= now for s in pending)
+    assert (r.delay == timedelta(0)) == reached
+    if not reached:
+        assert now + r.delay == r.at == boundary(anchor, pending[0].after_days, ds)
+
+
+@given(step_lists(), times, day_seconds)
+def test_delay_is_zero_exactly_on_a_boundary(steps, anchor, ds):
+    for i, s in enumerate(steps):
+        handled = {x.key for x in steps[:i]}
+        on = boundary(anchor, s.after_days, ds)
+        assert next_step(steps, anchor, on, ds, handled) == Due(s.key, "email", on, timedelta(0))
+        before = next_step(steps, anchor, on - timedelta(microseconds=1), ds, handled)
+        assert before.key == s.key and before.delay == timedelta(microseconds=1)
+
+
+@given(step_lists(), times, day_seconds)
+def test_walking_from_the_anchor_visits_every_step_once_in_order(steps, anchor, ds):
+    now, handled, visited = anchor, set(), []
+    plan = CampaignPlan(steps=steps, grace_days=steps[-1].after_days + 1, day_seconds=ds)
+    while not isinstance(r := next_action(plan, anchor, now, handled), Done):
+        assert r.skipped == ()
+        now += r.delay
+        assert now == r.at
+        handled.add(r.key)
+        visited.append(r.key)
+    assert visited == [s.key for s in steps] + [EXHAUST]
+
+
+@given(step_lists(), times, st.integers(min_value=0, max_value=400 * 24), day_seconds)
+def test_walking_from_a_late_start_never_repeats_or_reorders(steps, anchor, late_hours, ds):
+    now = anchor + timedelta(hours=late_hours)
+    handled, visited = set(), []
+    while isinstance(r := next_step(steps, anchor, now, ds, handled), Due):
+        now += r.delay
+        handled.update(r.skipped)
+        handled.add(r.key)
+        visited.extend([*r.skipped, r.key])
+    assert visited == [s.key for s in steps]
