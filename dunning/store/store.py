@@ -1,0 +1,365 @@
+"""The engine's door to its database: customers, the subscription projection, the ledger
+and step claims. Synchronous; every write is exactly one transaction.
+
+SQLite (default) and PostgreSQL (psycopg 3). Upserts use each dialect's native
+`INSERT ... ON CONFLICT`, so a duplicate is never an aborted transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, Engine, Table, create_engine, delete, event, func, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import StaticPool
+
+from dunning.store.schema import customers, dunning_events, step_deliveries, subscriptions
+
+MAX_DATA_BYTES = 4096
+MIGRATIONS = Path(__file__).parent / "migrations"
+_MIGRATE_LOCK = 0x64756E6E  # pg advisory lock key ("dunn"): one migrator at a time
+_READ = "dunning_read"  # execution option: a read-only transaction (plain BEGIN on SQLite)
+_LEDGER_KEY = ["subscription_id", "campaign_started_at", "type", "step_key"]
+_DELIVERY_KEY = ["subscription_id", "campaign_started_at", "step_key"]
+
+
+@dataclass(frozen=True)
+class Customer:
+    id: str
+    email: str | None
+    name: str | None
+
+
+@dataclass(frozen=True)
+class Subscription:
+    id: str
+    customer_id: str
+    provider: str
+    status: str
+    dunning_campaign_started_at: datetime | None
+    entitlement: str
+    decline_class: str | None
+    last_event_at: datetime | None
+
+
+@dataclass(frozen=True)
+class LedgerEvent:
+    type: str
+    subscription_id: str
+    customer_id: str
+    campaign_started_at: datetime
+    step_key: str
+    data: dict[str, Any]
+    occurred_at: datetime
+
+
+def _utc(name: str, value: datetime) -> datetime:
+    if not isinstance(value, datetime) or value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{name} = {value!r}: must be a timezone-aware datetime")
+    return value.astimezone(UTC)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _bounded(data: dict[str, Any] | None) -> dict[str, Any]:
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ValueError(f"data: must be a dict, got {type(data).__name__}")
+    try:
+        size = len(json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode())
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"data: must be plain JSON ({err})") from None
+    if size > MAX_DATA_BYTES:
+        raise ValueError(f"data: {size} bytes serialized, the limit is {MAX_DATA_BYTES}")
+    return data
+
+
+def _sqlite_engine(url: str) -> Engine:
+    parsed = make_url(url)
+    db = parsed.database or ""
+    memory = db in ("", ":memory:") or parsed.query.get("mode") == "memory"
+    kwargs: dict[str, Any] = {}
+    if memory:
+        kwargs = {"poolclass": StaticPool, "connect_args": {"check_same_thread": False}}
+    elif not db.startswith("file:"):
+        Path(db).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(parsed, pool_pre_ping=True, **kwargs)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # SQLAlchemy emits BEGIN itself (below)
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA busy_timeout = 5000")
+        if not memory:
+            cur.execute("PRAGMA journal_mode = WAL")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # Writers take the write lock up front, so a read-then-write transaction waits
+        # (busy_timeout) instead of failing on a lock upgrade.
+        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(_READ) else "BEGIN IMMEDIATE")
+
+    return engine
+
+
+def _engine(url: str) -> Engine:
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return _sqlite_engine(url)
+    if backend == "postgresql":
+        if parsed.drivername == "postgresql":
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        connect_args = {} if "connect_timeout" in parsed.query else {"connect_timeout": 10}
+        return create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
+    raise ValueError(
+        f"database url {parsed.render_as_string(hide_password=True)!r}: "
+        "only sqlite:///PATH and postgresql+psycopg://... are supported"
+    )
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        self._engine = _engine(url)
+        self._pg = self._engine.dialect.name == "postgresql"
+        self._reader = self._engine.execution_options(**{_READ: True})
+
+    @classmethod
+    def open(cls, url: str) -> Store:
+        store = cls(url)
+        store.migrate()
+        return store
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.dispose()
+
+    # --- lifecycle ---------------------------------------------------------------------
+    def migrate(self) -> None:
+        """Upgrade to the newest schema. Idempotent; concurrent callers run one at a time."""
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        with self._write() as conn:
+            if self._pg:
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATE_LOCK})
+            config.attributes["connection"] = conn
+            command.upgrade(config, "head")
+
+    def ping(self) -> None:
+        with self._reader.connect() as conn:
+            conn.execute(text("SELECT 1")).one()
+
+    def dispose(self) -> None:
+        self._engine.dispose()
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self._engine.begin() as conn:
+            yield conn
+
+    def _insert(self, table: Table) -> Any:
+        return pg_insert(table) if self._pg else sqlite_insert(table)
+
+    # --- customers ---------------------------------------------------------------------
+    def upsert_customer(self, id: str, email: str | None = None, name: str | None = None) -> None:
+        now = _now()
+        ins = self._insert(customers).values(id=id, email=email, name=name, updated_at=now)
+        stmt = ins.on_conflict_do_update(
+            index_elements=[customers.c.id],
+            set_={
+                "email": func.coalesce(ins.excluded.email, customers.c.email),
+                "name": func.coalesce(ins.excluded.name, customers.c.name),
+                "updated_at": now,
+            },
+        )
+        with self._write() as conn:
+            conn.execute(stmt)
+
+    def get_customer(self, id: str) -> Customer | None:
+        with self._reader.connect() as conn:
+            row = conn.execute(
+                select(customers.c.id, customers.c.email, customers.c.name).where(customers.c.id == id)
+            ).first()
+        return Customer(*row) if row else None
+
+    # --- subscription projection -------------------------------------------------------
+    def get_subscription(self, id: str) -> Subscription | None:
+        s = subscriptions.c
+        cols = (s.id, s.customer_id, s.provider, s.status, s.dunning_campaign_started_at, s.entitlement,
+                s.decline_class, s.last_event_at)  # fmt: skip
+        with self._reader.connect() as conn:
+            row = conn.execute(select(*cols).where(s.id == id)).first()
+        return Subscription(*row) if row else None
+
+    def begin_dunning(self, subscription_id: str, customer_id: str, provider: str, anchor: datetime) -> None:
+        """The subscription is past_due from `anchor` on; entitlement is left as it is."""
+        anchor = _utc("anchor", anchor)
+        now = _now()
+        ins = self._insert(subscriptions).values(
+            id=subscription_id, customer_id=customer_id, provider=provider, status="past_due",
+            dunning_campaign_started_at=anchor, updated_at=now,
+        )  # fmt: skip
+        stmt = ins.on_conflict_do_update(
+            index_elements=[subscriptions.c.id],
+            set_={"customer_id": customer_id, "provider": provider, "status": "past_due",
+                  "dunning_campaign_started_at": anchor, "updated_at": now},
+        )  # fmt: skip
+        with self._write() as conn:
+            conn.execute(stmt)
+
+    def end_dunning(self, subscription_id: str, anchor: datetime, status: str) -> bool:
+        """Compare-and-set: end the campaign only if it is still the one begun at `anchor`."""
+        anchor = _utc("anchor", anchor)
+        s = subscriptions.c
+        stmt = (
+            update(subscriptions)
+            .where(s.id == subscription_id, s.dunning_campaign_started_at == anchor)
+            .values(status=status, dunning_campaign_started_at=None, updated_at=_now())
+        )
+        with self._write() as conn:
+            return conn.execute(stmt).rowcount == 1
+
+    def set_subscription_status(self, subscription_id: str, status: str) -> None:
+        """Set the status only (the anchor stays); KeyError if the subscription is unknown."""
+        stmt = (
+            update(subscriptions)
+            .where(subscriptions.c.id == subscription_id)
+            .values(status=status, updated_at=_now())
+        )
+        with self._write() as conn:
+            if conn.execute(stmt).rowcount != 1:
+                raise KeyError(f"no subscription {subscription_id!r}")
+
+    # --- ledger ------------------------------------------------------------------------
+    def _ledger_insert(self, **values: Any) -> Any:
+        return self._insert(dunning_events).values(**values).on_conflict_do_nothing(index_elements=_LEDGER_KEY)
+
+    def record_event(
+        self,
+        type: str,
+        subscription_id: str,
+        customer_id: str,
+        campaign_started_at: datetime,
+        occurred_at: datetime,
+        step_key: str = "",
+        data: dict[str, Any] | None = None,
+    ) -> bool:
+        """Append to the ledger. False if that (subscription, campaign, type, step) exists."""
+        stmt = self._ledger_insert(
+            type=type, subscription_id=subscription_id, customer_id=customer_id,
+            campaign_started_at=_utc("campaign_started_at", campaign_started_at), step_key=step_key,
+            data=_bounded(data), occurred_at=_utc("occurred_at", occurred_at), recorded_at=_now(),
+        )  # fmt: skip
+        with self._write() as conn:  # RETURNING, since rowcount is -1 with it on psycopg
+            return conn.execute(stmt.returning(dunning_events.c.id)).first() is not None
+
+    def events(self, subscription_id: str, campaign_started_at: datetime | None = None) -> list[LedgerEvent]:
+        e = dunning_events.c
+        query = select(e.type, e.subscription_id, e.customer_id, e.campaign_started_at, e.step_key, e.data,
+                       e.occurred_at).where(e.subscription_id == subscription_id)  # fmt: skip
+        if campaign_started_at is not None:
+            query = query.where(e.campaign_started_at == _utc("campaign_started_at", campaign_started_at))
+        with self._reader.connect() as conn:
+            rows = conn.execute(query.order_by(e.occurred_at, e.id)).all()
+        return [LedgerEvent(*row) for row in rows]
+
+    # --- step deliveries ---------------------------------------------------------------
+    def _delivery(self, subscription_id: str, campaign_started_at: datetime, step_key: str) -> Any:
+        d = step_deliveries.c
+        return (d.subscription_id == subscription_id) & (d.campaign_started_at == campaign_started_at) & (
+            d.step_key == step_key
+        )
+
+    def claim_step(
+        self,
+        subscription_id: str,
+        campaign_started_at: datetime,
+        step_key: str,
+        message_id: str,
+        claimed_by: str,
+        at: datetime,
+    ) -> tuple[str, str]:
+        """Claim a step before sending it. Returns the row's (state, claimed_by) after the
+        call: ('claimed', claimed_by) if this call made the claim, else the existing row's."""
+        started = _utc("campaign_started_at", campaign_started_at)
+        ins = self._insert(step_deliveries).values(
+            subscription_id=subscription_id, campaign_started_at=started, step_key=step_key, state="claimed",
+            message_id=message_id, claimed_by=claimed_by, claimed_at=_utc("at", at),
+        ).on_conflict_do_nothing(index_elements=_DELIVERY_KEY)  # fmt: skip
+        d = step_deliveries.c
+        with self._write() as conn:
+            conn.execute(ins)
+            row = conn.execute(
+                select(d.state, d.claimed_by).where(self._delivery(subscription_id, started, step_key))
+            ).one()
+        return (row.state, row.claimed_by)
+
+    def release_claim(
+        self, subscription_id: str, campaign_started_at: datetime, step_key: str, claimed_by: str
+    ) -> None:
+        """Drop a claim this attempt holds (the send surely failed); a 'sent' row stays."""
+        started = _utc("campaign_started_at", campaign_started_at)
+        d = step_deliveries.c
+        stmt = delete(step_deliveries).where(
+            self._delivery(subscription_id, started, step_key), d.state == "claimed", d.claimed_by == claimed_by
+        )
+        with self._write() as conn:
+            conn.execute(stmt)
+
+    def mark_step_sent(
+        self,
+        subscription_id: str,
+        customer_id: str,
+        campaign_started_at: datetime,
+        step_key: str,
+        message_id: str,
+        at: datetime,
+    ) -> None:
+        """One transaction: the delivery becomes 'sent' and the ledger gets its single
+        `dunning.step_sent` row. Idempotent: a repeat changes nothing. Without a prior
+        claim the delivery row is created 'sent' with an empty claimed_by."""
+        started, at = _utc("campaign_started_at", campaign_started_at), _utc("at", at)
+        ins = self._insert(step_deliveries).values(
+            subscription_id=subscription_id, campaign_started_at=started, step_key=step_key, state="sent",
+            message_id=message_id, claimed_by="", claimed_at=at, sent_at=at,
+        )  # fmt: skip
+        upsert = ins.on_conflict_do_update(
+            index_elements=_DELIVERY_KEY,
+            set_={"state": "sent", "message_id": message_id, "sent_at": at},
+            where=step_deliveries.c.state == "claimed",
+        )
+        ledger = self._ledger_insert(
+            type="dunning.step_sent", subscription_id=subscription_id, customer_id=customer_id,
+            campaign_started_at=started, step_key=step_key, data={"message_id": message_id},
+            occurred_at=at, recorded_at=_now(),
+        )  # fmt: skip
+        with self._write() as conn:
+            conn.execute(upsert)
+            conn.execute(ledger)
+
+    def unconfirmed_deliveries(self) -> list[tuple[str, datetime, str]]:
+        """(subscription_id, campaign_started_at, step_key) of claims never marked sent."""
+        d = step_deliveries.c
+        query = select(d.subscription_id, d.campaign_started_at, d.step_key).where(d.state == "claimed")
+        with self._reader.connect() as conn:
+            rows = conn.execute(query.order_by(d.claimed_at, d.subscription_id, d.step_key)).all()
+        return [tuple(row) for row in rows]  # type: ignore[misc]
