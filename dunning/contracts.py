@@ -91,6 +91,9 @@ class CampaignState(BaseModel):
     next_step: NextStep | None = None
     reason: str = ""
     ended_at: datetime | None = None
+    last_event: str | None = None
+    decline_class: str | None = None
+    provider_attempts: int | None = None
 
 
 class CampaignEnd(BaseModel):

@@ -16,7 +16,7 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes, Workfl
 from temporalio.service import RPCError, RPCStatusCode
 
 from dunning.config import Settings
-from dunning.contracts import CampaignInput, CampaignState
+from dunning.contracts import BillingEvent, CampaignInput, CampaignState
 from dunning.store.store import Store
 from worker import search_attributes as sa
 from worker.app import connect
@@ -46,12 +46,15 @@ class DunningClient:
         *,
         provider: str = "fake",
         name: str | None = None,
+        start_signal: str | None = None,
+        start_signal_args: list | None = None,
     ) -> WorkflowHandle:
         """Start (or return the running) campaign. The email goes to the store only."""
         failed_at = failed_at or datetime.now(UTC)
         if failed_at.tzinfo is None:
             raise ValueError("failed_at must be timezone-aware")
-        await asyncio.to_thread(self.store.upsert_customer, customer_id, email, name)
+        if email is not None or name is not None:
+            await asyncio.to_thread(self.store.upsert_customer, customer_id, email, name)
         inp = CampaignInput(
             subscription_id=subscription_id, customer_id=customer_id, failed_at=failed_at, provider=provider
         )
@@ -72,7 +75,41 @@ class DunningClient:
                 ]
             ),
             static_summary=f"Dunning campaign for subscription {subscription_id}",
+            start_signal=start_signal,
+            start_signal_args=start_signal_args or [],
         )
+
+    async def on_failure(self, event: BillingEvent, *, start: bool) -> WorkflowHandle | None:
+        """A payment failed. `start`: the subscription just turned past_due, so
+        signal-with-start a campaign anchored at the provider's failure time (USE_EXISTING:
+        a running campaign is signalled, never duplicated). Otherwise only signal a
+        running campaign with the new attempt/decline info."""
+        if not start:
+            await self._signal_if_running(event.subscription_id, DunningCampaign.billing_event, event.for_workflow())
+            return None
+        return await self.start_campaign(
+            event.subscription_id,
+            event.customer_id or event.subscription_id,
+            None,
+            event.occurred_at,
+            provider=event.provider,
+            start_signal="billing_event",
+            start_signal_args=[event.for_workflow()],
+        )
+
+    async def resolve(self, subscription_id: str, reason: str) -> bool:
+        """End a running campaign without payment (voided, uncollectible, cancelled)."""
+        return await self._signal_if_running(subscription_id, DunningCampaign.resolve, reason)
+
+    async def _signal_if_running(self, subscription_id: str, signal, arg) -> bool:
+        try:
+            handle, desc = await self._describe(subscription_id)
+        except UnknownSubscription:
+            return False
+        if desc.status != WorkflowExecutionStatus.RUNNING:
+            return False
+        await handle.signal(signal, arg)
+        return True
 
     async def _describe(self, subscription_id: str):
         handle = self.client.get_workflow_handle_for(DunningCampaign.run, workflow_id(subscription_id))
@@ -85,11 +122,8 @@ class DunningClient:
 
     async def payment_recovered(self, subscription_id: str, reason: str = "payment recovered") -> bool:
         """Signal recovery. Idempotent: False when no campaign is running (nothing to do)."""
-        handle, desc = await self._describe(subscription_id)
-        if desc.status != WorkflowExecutionStatus.RUNNING:
-            return False
-        await handle.signal(DunningCampaign.payment_recovered, reason)
-        return True
+        await self._describe(subscription_id)  # UnknownSubscription when it never had one
+        return await self._signal_if_running(subscription_id, DunningCampaign.payment_recovered, reason)
 
     async def status(self, subscription_id: str) -> CampaignState:
         """The latest campaign's state, running or finished."""

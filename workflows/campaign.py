@@ -21,6 +21,7 @@ with workflow.unsafe.imports_passed_through():
         CampaignInput,
         CampaignPlan,
         CampaignState,
+        BillingEvent,
         GuardRequest,
         GuardResult,
         NextStep,
@@ -56,6 +57,21 @@ class DunningCampaign:
     def payment_recovered(self, reason: str = "payment recovered") -> None:
         if self._end is None:
             self._end = ("recovered", reason or "payment recovered")
+
+    @workflow.signal
+    def resolve(self, reason: str) -> None:
+        """Ended without payment: invoice voided or uncollectible, subscription cancelled."""
+        if self._end is None:
+            self._end = ("resolved", reason or "resolved")
+
+    @workflow.signal
+    def billing_event(self, event: BillingEvent) -> None:
+        """A later billing event for this subscription (ids and bounded values only)."""
+        self._state.last_event = event.kind.value if event.kind else event.event_type
+        if event.decline_class:
+            self._state.decline_class = event.decline_class
+        if event.attempt_count is not None:
+            self._state.provider_attempts = event.attempt_count
 
     @workflow.query
     def state(self) -> CampaignState:
