@@ -1,0 +1,177 @@
+"""The `dunning` command."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from datetime import datetime
+
+import typer
+
+from dunning.config import ConfigError, Settings, load_settings
+
+app = typer.Typer(help="Dunning engine on Temporal.", no_args_is_help=True, add_completion=False)
+campaign_app = typer.Typer(help="Start, recover and inspect campaigns.", no_args_is_help=True)
+app.add_typer(campaign_app, name="campaign")
+
+
+def settings_or_exit() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(2) from None
+
+
+def fail(message: str, code: int = 1) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+async def _client(settings: Settings):
+    from starter.client import DunningClient
+
+    try:
+        return await DunningClient.connect(settings)
+    except RuntimeError as err:
+        fail(f"cannot reach Temporal at {settings.temporal_address}: {err}")
+
+
+@app.command()
+def worker() -> None:
+    """Run the campaign worker (Temporal from DUNNING_TEMPORAL_*)."""
+    from worker.app import run_worker
+
+    settings = settings_or_exit()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        asyncio.run(run_worker(settings))
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def dev() -> None:
+    """Run everything locally: Temporal dev server + UI, worker, API, SMTP outbox."""
+    from starter.dev import run_dev
+
+    settings = settings_or_exit()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        asyncio.run(run_dev(settings, api=_api_runner()))
+    except KeyboardInterrupt:
+        pass
+    except RuntimeError as err:
+        fail(str(err))
+
+
+def _api_runner():
+    try:
+        from starter.api_server import serve_api
+    except ImportError:  # the HTTP API is optional in this build
+        return None
+
+    async def run(settings, store, client_factory):
+        await serve_api(settings, store, client_factory, settings.api_host, settings.api_port)
+
+    return run
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        fail(f"--failed-at {value!r}: not an ISO 8601 time (e.g. 2026-11-22T09:30:00Z)", 2)
+    if parsed.tzinfo is None:
+        fail(f"--failed-at {value!r}: give a time zone (e.g. a trailing Z for UTC)", 2)
+    return parsed
+
+
+@campaign_app.command("start")
+def campaign_start(
+    subscription: str = typer.Argument(..., help="Subscription id"),
+    customer: str = typer.Option(..., "--customer", help="Customer id"),
+    email: str = typer.Option(..., "--email", help="Customer email (stored, never in the workflow)"),
+    failed_at: str = typer.Option(None, "--failed-at", help="Provider time of the failure (ISO 8601); default now"),
+    name: str = typer.Option(None, "--name", help="Customer name for the emails"),
+) -> None:
+    """Start a campaign (a running one for this subscription is returned, not duplicated)."""
+    settings = settings_or_exit()
+    if "@" not in email:
+        fail(f"--email {email!r}: not an email address", 2)
+    when = _parse_time(failed_at)
+
+    async def go():
+        client = await _client(settings)
+        handle = await client.start_campaign(subscription, customer, email, when, name=name)
+        typer.echo(f"campaign {handle.id} running (run {handle.result_run_id})")
+
+    asyncio.run(go())
+
+
+@campaign_app.command("recover")
+def campaign_recover(
+    subscription: str = typer.Argument(...),
+    reason: str = typer.Option("payment recovered", "--reason"),
+) -> None:
+    """Signal payment_recovered: the campaign ends at once."""
+    from starter.client import UnknownSubscription
+
+    settings = settings_or_exit()
+
+    async def go():
+        client = await _client(settings)
+        try:
+            signalled = await client.payment_recovered(subscription, reason)
+        except UnknownSubscription as err:
+            fail(str(err))
+        typer.echo("recovered: campaign ends now" if signalled else "no campaign running: nothing to do")
+
+    asyncio.run(go())
+
+
+@campaign_app.command("status")
+def campaign_status(
+    subscription: str = typer.Argument(...),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output"),
+) -> None:
+    """Show the latest campaign of a subscription, running or finished."""
+    from starter.client import UnknownSubscription
+
+    settings = settings_or_exit()
+
+    async def go():
+        client = await _client(settings)
+        try:
+            return await client.status(subscription)
+        except UnknownSubscription as err:
+            if as_json:
+                typer.echo(json.dumps({"subscription_id": subscription, "error": "no_campaign", "message": str(err)}))
+                raise typer.Exit(1) from None
+            fail(str(err))
+
+    state = asyncio.run(go())
+    if as_json:
+        typer.echo(state.model_dump_json(indent=2))
+        return
+    typer.echo(f"subscription   {state.subscription_id} (customer {state.customer_id})")
+    typer.echo(f"campaign since {state.campaign_started_at.isoformat()}")
+    typer.echo(f"stage          {state.stage}")
+    typer.echo(f"outcome        {state.outcome}{': ' + state.reason if state.reason else ''}")
+    typer.echo(f"steps sent     {', '.join(state.steps_sent) or '-'}")
+    if state.steps_unconfirmed:
+        typer.echo(f"UNCONFIRMED    {', '.join(state.steps_unconfirmed)} (claimed, not confirmed sent)")
+    if state.next_step:
+        typer.echo(f"next           {state.next_step.key} at {state.next_step.at.isoformat()}")
+
+
+def main() -> None:  # pragma: no cover
+    app(prog_name="dunning")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

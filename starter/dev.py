@@ -1,0 +1,147 @@
+"""`dunning dev`: the whole engine on one machine.
+
+Starts the bundled Temporal dev server (state under DUNNING_HOME, UI on :8233, search
+attributes registered), an SMTP sink that writes every message to DUNNING_HOME/outbox,
+the worker and the HTTP API. Ctrl-C stops everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import signal
+import subprocess
+from collections.abc import Awaitable, Callable
+
+from temporalio.client import Client
+
+from dunning.config import Settings
+from dunning.email.outbox import OutboxSink
+from dunning.store.store import Store
+from worker import search_attributes
+from worker.app import build_worker, connect
+from worker.binaries import find_binary
+
+UI_PORT = 8233
+
+
+def dev_defaults(settings: Settings) -> Settings:
+    """Fill the dev-only secrets the user did not set (printed at start)."""
+    secret_file = settings.home / "dev-secrets"
+    if secret_file.is_file():
+        fake, token = secret_file.read_text().split()
+    else:
+        fake, token = f"whsec_dev_{secrets.token_hex(8)}", f"dev_{secrets.token_hex(12)}"
+        secret_file.write_text(f"{fake}\n{token}\n")
+    return settings.model_copy(
+        update={
+            "fake_webhook_secret": settings.fake_webhook_secret or fake,
+            "api_token": settings.api_token or token,
+        }
+    )
+
+
+def start_temporal(settings: Settings, ui_port: int = UI_PORT, headless: bool = False) -> subprocess.Popen:
+    host, _, port = settings.temporal_address.rpartition(":")
+    cmd = [
+        find_binary("temporal"),
+        "server",
+        "start-dev",
+        "--ip",
+        host or "127.0.0.1",
+        "--port",
+        port,
+        "--ui-port",
+        str(ui_port),
+        "--db-filename",
+        str((settings.home / "temporal.db").resolve()),
+        "--namespace",
+        settings.temporal_namespace,
+        "--log-level",
+        "error",
+    ]
+    if headless:
+        cmd.append("--headless")
+    for name, type_ in search_attributes.SEARCH_ATTRIBUTES.items():
+        cmd += ["--search-attribute", f"{name}={type_}"]
+    log = open(settings.home / "temporal.log", "ab")  # noqa: SIM115 - lives as long as the server
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+async def wait_for_temporal(settings: Settings, proc: subprocess.Popen | None = None, timeout: float = 60) -> Client:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            return await connect(settings)
+        except Exception:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(
+                    f"temporal dev server exited with {proc.returncode}; see {settings.home / 'temporal.log'}"
+                ) from None
+            if asyncio.get_running_loop().time() > deadline:
+                raise RuntimeError(f"Temporal at {settings.temporal_address} not reachable after {timeout:.0f}s") from None
+            await asyncio.sleep(0.25)
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+ApiRunner = Callable[[Settings, Store, Callable[[], Awaitable]], Awaitable[None]]
+
+
+async def run_dev(settings: Settings, api: ApiRunner | None = None, say: Callable[[str], None] = print) -> None:
+    settings.home.mkdir(parents=True, exist_ok=True)
+    settings = dev_defaults(settings)
+    store = Store.open(settings.db_url)
+    proc = start_temporal(settings)
+    sink = OutboxSink(settings.outbox, host=settings.smtp_host, port=settings.smtp_port)
+    try:
+        client = await wait_for_temporal(settings, proc)
+        await search_attributes.register(client, settings.temporal_namespace)
+        sink.start()
+        say(f"Temporal UI      http://127.0.0.1:{UI_PORT}")
+        say(f"Temporal gRPC    {settings.temporal_address} (namespace {settings.temporal_namespace})")
+        say(f"Outbox (SMTP)    {settings.smtp_host}:{sink.port} -> {settings.outbox.resolve()}")
+        say(f"Database         {settings.db_url}")
+        if api is not None:
+            say(f"API              http://{settings.api_host}:{settings.api_port}")
+            say(f"  DUNNING_FAKE_WEBHOOK_SECRET={settings.fake_webhook_secret}")
+            say(f"  DUNNING_API_TOKEN={settings.api_token}")
+        say(f"A 'day' is {settings.day_seconds:g} s (DUNNING_DAY_SECONDS). Ctrl-C stops everything.")
+        tasks = [asyncio.create_task(build_worker(client, settings, store).run())]
+        if api is not None:
+
+            async def client_factory():
+                from starter.client import DunningClient
+
+                return DunningClient(client, store, settings)
+
+            tasks.append(asyncio.create_task(api(settings, store, client_factory)))
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        waiter = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        for task in [waiter, *tasks]:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for task in done:
+            if task is not waiter and task.exception():
+                raise task.exception()
+        say("stopped")
+    finally:
+        if sink.running:
+            sink.stop()
+        stop_process(proc)
+        store.dispose()
