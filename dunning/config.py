@@ -95,6 +95,7 @@ class Settings(BaseSettings):
     day_seconds: float = Field(default=86400, gt=0)
     campaign: CampaignSettings = Field(default_factory=CampaignSettings)
 
+    ui_port: int = Field(default=8233, ge=1, le=65535)  # `dunning dev` only
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=1, le=65535)
     api_token: str | None = None

@@ -23,9 +23,6 @@ from worker import search_attributes
 from worker.app import build_worker, connect
 from worker.binaries import find_binary
 
-UI_PORT = 8233
-
-
 def dev_defaults(settings: Settings) -> Settings:
     """Fill the dev-only secrets the user did not set (printed at start)."""
     secret_file = settings.home / "dev-secrets"
@@ -42,7 +39,7 @@ def dev_defaults(settings: Settings) -> Settings:
     )
 
 
-def start_temporal(settings: Settings, ui_port: int = UI_PORT, headless: bool = False) -> subprocess.Popen:
+def start_temporal(settings: Settings, ui_port: int | None = None, headless: bool = False) -> subprocess.Popen:
     host, _, port = settings.temporal_address.rpartition(":")
     cmd = [
         find_binary("temporal"),
@@ -53,7 +50,7 @@ def start_temporal(settings: Settings, ui_port: int = UI_PORT, headless: bool = 
         "--port",
         port,
         "--ui-port",
-        str(ui_port),
+        str(ui_port or settings.ui_port),
         "--db-filename",
         str((settings.home / "temporal.db").resolve()),
         "--namespace",
@@ -107,7 +104,7 @@ async def run_dev(settings: Settings, api: ApiRunner | None = None, say: Callabl
         client = await wait_for_temporal(settings, proc)
         await search_attributes.register(client, settings.temporal_namespace)
         sink.start()
-        say(f"Temporal UI      http://127.0.0.1:{UI_PORT}")
+        say(f"Temporal UI      http://127.0.0.1:{settings.ui_port}")
         say(f"Temporal gRPC    {settings.temporal_address} (namespace {settings.temporal_namespace})")
         say(f"Outbox (SMTP)    {settings.smtp_host}:{sink.port} -> {settings.outbox.resolve()}")
         say(f"Database         {settings.db_url}")
