@@ -88,6 +88,7 @@ class CampaignState(BaseModel):
     steps_sent: list[str] = Field(default_factory=list)
     steps_unconfirmed: list[str] = Field(default_factory=list)
     steps_skipped: list[str] = Field(default_factory=list)
+    steps_failed: list[str] = Field(default_factory=list)  # certainly not sent (e.g. no address)
     next_step: NextStep | None = None
     reason: str = ""
     ended_at: datetime | None = None

@@ -165,6 +165,8 @@ def campaign_status(
     typer.echo(f"steps sent     {', '.join(state.steps_sent) or '-'}")
     if state.steps_unconfirmed:
         typer.echo(f"UNCONFIRMED    {', '.join(state.steps_unconfirmed)} (claimed, not confirmed sent)")
+    if state.steps_failed:
+        typer.echo(f"FAILED         {', '.join(state.steps_failed)} (not sent; see the Temporal UI)")
     if state.next_step:
         typer.echo(f"next           {state.next_step.key} at {state.next_step.at.isoformat()}")
 

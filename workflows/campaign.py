@@ -137,7 +137,7 @@ class DunningCampaign:
             )
         except ActivityError as err:  # non-retryable (no email address, 5xx): a visible state
             workflow.logger.error("step %s failed: %s", step.key, err.cause)
-            self._state.steps_unconfirmed.append(step.key)
+            self._state.steps_failed.append(step.key)
             return
         if outcome.status == "unconfirmed":
             self._state.steps_unconfirmed.append(step.key)
