@@ -1,0 +1,25 @@
+"""Recorded histories replay against today's workflow code: a change that alters history
+must go behind `workflow.patched` (DESIGN.md). Re-record with `python -m tests.record_history`."""
+
+from pathlib import Path
+
+import pytest
+from temporalio.client import WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Replayer
+
+from workflows.campaign import DunningCampaign
+
+HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
+
+
+def test_there_are_histories_to_replay():
+    assert {p.stem for p in HISTORIES} >= {"full_campaign", "recovered_day_6"}
+
+
+@pytest.mark.parametrize("path", HISTORIES, ids=lambda p: p.stem)
+async def test_recorded_history_replays_without_nondeterminism(path):
+    history = WorkflowHistory.from_json(path.stem, path.read_text())
+    replayer = Replayer(workflows=[DunningCampaign], data_converter=pydantic_data_converter)
+    result = await replayer.replay_workflow(history, raise_on_replay_failure=True)
+    assert result.replay_failure is None
