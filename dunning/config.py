@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -20,7 +20,7 @@ from pydantic_settings import (
 )
 from typing_extensions import Annotated
 
-from dunning.contracts import CampaignPlan, StepSpec
+from dunning.contracts import DECLINE_CLASSES, CampaignPlan, ConsequenceRule, RetryPolicy, StepSpec
 
 BUILTIN_TEMPLATES = Path(__file__).parent / "email" / "templates"
 _KEY = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -38,12 +38,47 @@ def default_steps() -> list[StepSpec]:
     ]
 
 
+def default_retry_policies() -> dict[str, RetryPolicy]:
+    return {
+        "soft": RetryPolicy(days=[1, 3, 5, 7]),
+        "hard": RetryPolicy(days=[], email="update_payment_method"),
+        "action_required": RetryPolicy(days=[], email="authentication_required"),
+        "unknown": RetryPolicy(days=[1, 3]),  # soft, but capped
+    }
+
+
+def default_ladder() -> list[ConsequenceRule]:
+    return [
+        ConsequenceRule(level="suspended", min_days=14),
+        ConsequenceRule(level="limited", min_days=7),
+        ConsequenceRule(level="full", min_days=0),
+    ]
+
+
+class ProviderPolicy(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    retries: Literal["provider", "engine", "off"]
+    on_exhaustion: Literal["cancel", "mark_unpaid", "none"] = "cancel"
+
+
+def default_providers() -> dict[str, ProviderPolicy]:
+    return {
+        "stripe": ProviderPolicy(retries="provider"),  # Smart Retries run; the engine observes
+        "braintree": ProviderPolicy(retries="engine"),
+        "fake": ProviderPolicy(retries="engine"),
+    }
+
+
 class CampaignSettings(BaseModel):
     model_config = {"extra": "forbid"}
 
     enabled: bool = True
     steps: list[StepSpec] = Field(default_factory=default_steps)
     grace_days: float = 14
+    retries: dict[str, RetryPolicy] = Field(default_factory=default_retry_policies)
+    consequences: list[ConsequenceRule] = Field(default_factory=default_ladder)
+    providers: dict[str, ProviderPolicy] = Field(default_factory=default_providers)
 
     @model_validator(mode="after")
     def _cadence(self) -> CampaignSettings:
@@ -68,6 +103,33 @@ class CampaignSettings(BaseModel):
             raise ValueError(
                 f"campaign.grace_days = {self.grace_days:g}: must be >= the last step's after_days ({last:g})"
             )
+        for cls_ in self.retries:
+            if cls_ not in DECLINE_CLASSES:
+                raise ValueError(f"campaign.retries.{cls_}: unknown decline class (known: {', '.join(DECLINE_CLASSES)})")
+        for cls_, policy in self.retries.items():
+            if policy.days != sorted(set(policy.days)) or any(d < 0 for d in policy.days):
+                raise ValueError(
+                    f"campaign.retries.{cls_}.days = {policy.days}: must be non-negative, strictly increasing"
+                )
+            if policy.days and policy.days[-1] > self.grace_days:
+                raise ValueError(
+                    f"campaign.retries.{cls_}.days = {policy.days}: a retry after grace_days ({self.grace_days:g}) never runs"
+                )
+        self.retries = {**default_retry_policies(), **self.retries}
+        for name in self.providers:
+            if name not in ("stripe", "braintree", "fake"):
+                raise ValueError(f"campaign.providers.{name}: unknown provider (known: stripe, braintree, fake)")
+        self.providers = {**default_providers(), **self.providers}
+        if not self.consequences or not any(
+            r.min_days == 0 and r.decline_class is None and r.min_amount_due is None for r in self.consequences
+        ):
+            raise ValueError(
+                "campaign.consequences: needs a catch-all rung (min_days = 0, no other condition), e.g. level 'full'"
+            )
+        levels = [r.level for r in self.consequences]
+        for i, level in enumerate(levels):
+            if not _KEY.match(level):
+                raise ValueError(f"campaign.consequences[{i}].level = {level!r}: must be lowercase letters, digits and _")
         return self
 
 
@@ -126,10 +188,12 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _templates_exist(self) -> Settings:
-        for i, step in enumerate(self.campaign.steps):
-            if not _KEY.match(step.template) or not (self.templates_dir / f"{step.template}.txt.j2").is_file():
+        used = [(f"campaign.steps[{i}].template", s.template) for i, s in enumerate(self.campaign.steps)]
+        used += [(f"campaign.retries.{c}.email", p.email) for c, p in self.campaign.retries.items() if p.email]
+        for key, template in used:
+            if not _KEY.match(template) or not (self.templates_dir / f"{template}.txt.j2").is_file():
                 raise ValueError(
-                    f"campaign.steps[{i}].template = {step.template!r}: no such template in {self.templates_dir} "
+                    f"{key} = {template!r}: no such template in {self.templates_dir} "
                     f"(known: {', '.join(known_templates(self.templates_dir)) or 'none'})"
                 )
         return self
@@ -158,9 +222,16 @@ class Settings(BaseSettings):
     def outbox(self) -> Path:
         return self.home / "outbox"
 
-    def plan(self) -> CampaignPlan:
+    def plan(self, provider: str = "fake") -> CampaignPlan:
+        policy = self.campaign.providers.get(provider) or ProviderPolicy(retries="off", on_exhaustion="none")
         return CampaignPlan(
-            steps=self.campaign.steps, grace_days=self.campaign.grace_days, day_seconds=self.day_seconds
+            steps=self.campaign.steps,
+            grace_days=self.campaign.grace_days,
+            day_seconds=self.day_seconds,
+            retries_mode=policy.retries,
+            retry_policies=self.campaign.retries,
+            ladder=self.campaign.consequences,
+            on_exhaustion=policy.on_exhaustion,
         )
 
 

@@ -22,12 +22,41 @@ class StepSpec(BaseModel):
     template: str
 
 
+DeclineClass = Literal["hard", "soft", "action_required", "unknown"]
+DECLINE_CLASSES: tuple[DeclineClass, ...] = ("hard", "soft", "action_required", "unknown")
+
+
+class RetryPolicy(BaseModel):
+    """What the engine does for one decline class."""
+
+    model_config = {"extra": "forbid"}
+
+    days: list[float] = Field(default_factory=list)  # engine-driven retries, days after the anchor
+    email: str | None = None  # template sent at once when the campaign enters this class
+    retry_on_method_update: bool = True  # retry as soon as payment_method_updated arrives
+
+
+class ConsequenceRule(BaseModel):
+    """One rung of the ladder: the first rule (most severe first) whose conditions hold wins."""
+
+    model_config = {"extra": "forbid"}
+
+    level: str
+    min_days: float = Field(default=0, ge=0)
+    decline_class: DeclineClass | None = None
+    min_amount_due: int | None = Field(default=None, ge=0)  # minor units
+
+
 class CampaignPlan(BaseModel):
     """The cadence a campaign runs, fixed into the workflow history when it begins."""
 
     steps: list[StepSpec]
     grace_days: float
     day_seconds: float
+    retries_mode: Literal["provider", "engine", "off"] = "off"
+    retry_policies: dict[str, RetryPolicy] = Field(default_factory=dict)
+    ladder: list[ConsequenceRule] = Field(default_factory=list)
+    on_exhaustion: Literal["cancel", "mark_unpaid", "none"] = "none"
 
 
 class CampaignInput(BaseModel):
@@ -119,9 +148,6 @@ class EventKind(StrEnum):
     bad_debt_paid = "bad_debt_paid"
     drift_detected = "drift_detected"
     recompute_requested = "recompute_requested"
-
-
-DeclineClass = Literal["hard", "soft", "action_required", "unknown"]
 
 
 class BillingEvent(BaseModel):

@@ -12,6 +12,12 @@ already handled (sent or skipped) and answers with the next one:
 * when every step is handled, the campaign waits for the end of the grace period
   (`exhaust`), and after that it is done.
 
+The whole campaign is several such lanes on one timeline — engine-driven payment
+retries, the consequence ladder, the email for the current decline class, the email
+steps — each resolved by the same rule; `next_action` answers the earliest of them, and
+at one instant a retry goes first (it may recover the payment and make the rest moot),
+then a consequence change, then emails.
+
 Nothing here reads a clock: `now` is passed in (the workflow passes `workflow.now()`).
 """
 
@@ -21,19 +27,31 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from dunning import consequences
 from dunning.contracts import CampaignPlan, StepSpec
 
 EXHAUST = "exhaust"
 _ZERO = timedelta(0)
+KIND_ORDER = ("retry", "consequence", "email", EXHAUST)
 
 
 @dataclass(frozen=True)
 class Due:
     key: str
-    kind: str  # "email" | "exhaust"
+    kind: str  # "retry" | "consequence" | "email" | "exhaust"
     at: datetime
     delay: timedelta
     skipped: tuple[str, ...] = field(default=())
+    detail: str = ""  # the template of an email, the level of a consequence
+
+
+@dataclass(frozen=True)
+class Situation:
+    """What the campaign knows beyond its plan; changed by billing events and retries."""
+
+    decline_class: str = "unknown"
+    amount_due: int | None = None
+    method_updated_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -45,6 +63,20 @@ def boundary(anchor: datetime, after_days: float, day_seconds: float) -> datetim
     return anchor + timedelta(seconds=after_days * day_seconds)
 
 
+def lane_next(lane: Sequence[Due], now: datetime, handled: Collection[str]) -> Due | None:
+    """One lane (items in time order): the latest due item after the last handled one,
+    earlier due ones skipped; else the first future one; None when nothing is left."""
+    last = max((i for i, d in enumerate(lane) if d.key in handled), default=-1)
+    pending = lane[last + 1 :]
+    due = [d for d in pending if d.at <= now]
+    if due:
+        return Due(due[-1].key, due[-1].kind, due[-1].at, _ZERO, tuple(d.key for d in due[:-1]), due[-1].detail)
+    if pending:
+        first = pending[0]
+        return Due(first.key, first.kind, first.at, max(first.at - now, _ZERO), (), first.detail)
+    return None
+
+
 def next_step(
     steps: Sequence[StepSpec],
     anchor: datetime,
@@ -53,25 +85,39 @@ def next_step(
     handled: Collection[str] = (),
 ) -> Due | Done:
     """The next email step after the handled ones, or Done when none is left."""
-    last = max((i for i, s in enumerate(steps) if s.key in handled), default=-1)
-    pending = steps[last + 1 :]
-    due = [s for s in pending if boundary(anchor, s.after_days, day_seconds) <= now]
-    if due:
-        step = due[-1]
-        at = boundary(anchor, step.after_days, day_seconds)
-        return Due(step.key, "email", at, _ZERO, tuple(s.key for s in due[:-1]))
-    if pending:
-        step = pending[0]
-        at = boundary(anchor, step.after_days, day_seconds)
-        return Due(step.key, "email", at, max(at - now, _ZERO))
-    return Done()
+    lane = [Due(s.key, "email", boundary(anchor, s.after_days, day_seconds), _ZERO, (), s.template) for s in steps]
+    return lane_next(lane, now, handled) or Done()
 
 
-def next_action(plan: CampaignPlan, anchor: datetime, now: datetime, handled: Collection[str]) -> Due | Done:
-    """The whole timeline: every step, then the end of the grace period."""
-    step = next_step(plan.steps, anchor, now, plan.day_seconds, handled)
-    if isinstance(step, Due):
-        return step
+def lanes(plan: CampaignPlan, anchor: datetime, situation: Situation) -> list[list[Due]]:
+    """Every lane of the campaign's timeline for what is known now."""
+    day = plan.day_seconds
+    policy = plan.retry_policies.get(situation.decline_class)
+    out: list[list[Due]] = []
+    if plan.retries_mode == "engine" and policy is not None:
+        out.append([Due(f"retry@{d:g}d", "retry", boundary(anchor, d, day), _ZERO) for d in policy.days])
+        if situation.method_updated_at is not None and policy.retry_on_method_update:
+            at = max(situation.method_updated_at, anchor)
+            out.append([Due(f"retry@pm{int(at.timestamp())}", "retry", at, _ZERO)])
+    ladder = consequences.changes(plan.ladder, situation.decline_class, situation.amount_due, plan.grace_days)
+    out.append([Due(f"level:{lvl}@{d:g}d", "consequence", boundary(anchor, d, day), _ZERO, (), lvl) for d, lvl in ladder])
+    if policy is not None and policy.email:
+        out.append([Due(f"class:{policy.email}", "email", anchor, _ZERO, (), policy.email)])
+    out.append([Due(s.key, "email", boundary(anchor, s.after_days, day), _ZERO, (), s.template) for s in plan.steps])
+    return out
+
+
+def next_action(
+    plan: CampaignPlan,
+    anchor: datetime,
+    now: datetime,
+    handled: Collection[str],
+    situation: Situation | None = None,
+) -> Due | Done:
+    """The whole timeline: retries, consequences and emails, then the end of the grace period."""
+    candidates = [d for lane in lanes(plan, anchor, situation or Situation()) if (d := lane_next(lane, now, handled))]
+    if candidates:
+        return min(candidates, key=lambda d: (d.delay, KIND_ORDER.index(d.kind)))
     if EXHAUST in handled:
         return Done()
     at = boundary(anchor, plan.grace_days, plan.day_seconds)
@@ -85,4 +131,8 @@ def describe(due: Due | Done) -> str:
     when = due.at.strftime("%Y-%m-%d %H:%M:%S UTC")
     if due.kind == EXHAUST:
         return f"All steps sent. Grace period ends {when}: the campaign ends exhausted unless payment is recovered."
-    return f"Next: send the '{due.key}' email at {when}, unless payment is recovered first."
+    if due.kind == "retry":
+        return f"Next: retry the payment at {when}."
+    if due.kind == "consequence":
+        return f"Next: entitlement becomes '{due.detail}' at {when}, unless payment is recovered first."
+    return f"Next: send the '{due.detail}' email at {when}, unless payment is recovered first."

@@ -34,7 +34,7 @@ day_seconds = st.sampled_from([1.0, 2.0, 60.0, 3600.0, DAY])
 
 def test_default_cadence_from_anchor():
     r = next_step(DEFAULT, ANCHOR, ANCHOR, DAY)
-    assert r == Due("first_notice", "email", ANCHOR, timedelta(0))
+    assert r == Due("first_notice", "email", ANCHOR, timedelta(0), (), "first_notice")
     r = next_step(DEFAULT, ANCHOR, ANCHOR + timedelta(seconds=3), DAY, {"first_notice"})
     assert r.key == "reminder" and r.at == ANCHOR + timedelta(days=5)
     assert r.delay == timedelta(days=5, seconds=-3)
@@ -82,7 +82,7 @@ def test_delay_is_zero_exactly_on_a_boundary(steps, anchor, ds):
     for i, s in enumerate(steps):
         handled = {x.key for x in steps[:i]}
         on = boundary(anchor, s.after_days, ds)
-        assert next_step(steps, anchor, on, ds, handled) == Due(s.key, "email", on, timedelta(0))
+        assert next_step(steps, anchor, on, ds, handled) == Due(s.key, "email", on, timedelta(0), (), s.template)
         before = next_step(steps, anchor, on - timedelta(microseconds=1), ds, handled)
         assert before.key == s.key and before.delay == timedelta(microseconds=1)
 
