@@ -368,6 +368,20 @@ class StripeProvider:
         inv = self.client.v1.invoices.mark_uncollectible(invoice_id, options=self._options(idempotency_key))
         return getattr(inv, "status", None)
 
+    def subscription_status(self, sub_id: str) -> str | None:
+        """GET /v1/subscriptions/<id>; a cancelled subscription is still retrievable."""
+        return getattr(self.client.v1.subscriptions.retrieve(sub_id), "status", None)
+
+    def invoice_status(self, invoice_id: str) -> str | None:
+        """GET /v1/invoices/<id>."""
+        return getattr(self.client.v1.invoices.retrieve(invoice_id), "status", None)
+
+    def open_invoice(self, sub_id: str) -> str | None:
+        """GET /v1/invoices?subscription=<id>&status=open&limit=1: the newest open invoice's id."""
+        page = self.client.v1.invoices.list(params={"subscription": sub_id, "status": "open", "limit": 1})
+        data = getattr(page, "data", None) or []
+        return getattr(data[0], "id", None) if data else None
+
     def retry_invoice(self, invoice_id: str, *, idempotency_key: str | None = None) -> RetryResult:
         """POST /v1/invoices/<id>/pay. A card decline returns `declined` with its class."""
         try:
