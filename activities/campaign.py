@@ -18,6 +18,7 @@ from dunning.contracts import (
     CampaignEnd,
     CampaignInput,
     CampaignPlan,
+    EntitlementChange,
     GuardRequest,
     GuardResult,
     StepOutcome,
@@ -26,10 +27,8 @@ from dunning.contracts import (
 from dunning.email.message import build_message, domain_of, message_id_for
 from dunning.email.render import render
 from dunning.email.sender import SmtpError, send_message
+from dunning.store.entitlements import set_entitlement
 from dunning.store.store import Store
-
-END_STATUS = {"recovered": "active", "resolved": "canceled", "exhausted": "canceled"}
-
 
 class CampaignActivities:
     def __init__(self, settings: Settings, store: Store) -> None:
@@ -52,7 +51,7 @@ class CampaignActivities:
             )
 
         await asyncio.to_thread(write)
-        return self.settings.plan()
+        return self.settings.plan(inp.provider)
 
     @activity.defn(name="check_campaign_guard")
     async def check_guard(self, req: GuardRequest) -> GuardResult:
@@ -148,9 +147,27 @@ class CampaignActivities:
             headers={"X-Dunning-Subscription": req.subscription_id, "X-Dunning-Step": req.step_key},
         )
 
+    @activity.defn(name="change_entitlement")
+    async def change_entitlement(self, change: EntitlementChange) -> None:
+        """The campaign moves the subscription along the consequence ladder."""
+
+        def write() -> None:
+            set_entitlement(self.store, change.subscription_id, change.level)
+            self.store.record_event(
+                "dunning.consequence_changed",
+                change.subscription_id,
+                change.customer_id,
+                change.campaign_started_at,
+                occurred_at=change.at,
+                step_key=change.key,
+                data={"level": change.level, "previous": change.previous},
+            )
+
+        await asyncio.to_thread(write)
+
     @activity.defn(name="finish_campaign")
     async def finish_campaign(self, end: CampaignEnd) -> None:
-        """Ledger row for the outcome; clear the anchor if it is still this campaign's."""
+        """Ledger rows for the outcome; entitlement; clear the anchor if still this campaign's."""
 
         def write() -> None:
             self.store.record_event(
@@ -161,9 +178,27 @@ class CampaignActivities:
                 occurred_at=end.at,
                 data={"reason": end.reason[:200]},
             )
-            self.store.end_dunning(end.subscription_id, end.campaign_started_at, END_STATUS[end.outcome])
+            if end.outcome == "exhausted":
+                days = (end.at - end.campaign_started_at).total_seconds() / self.settings.day_seconds
+                self.store.record_event(
+                    "bad_debt.entered",
+                    end.subscription_id,
+                    end.customer_id,
+                    end.campaign_started_at,
+                    occurred_at=end.at,
+                    data={"decline_class": end.decline_class, "days_in_dunning": round(days, 2)},
+                )
+            if self.store.end_dunning(end.subscription_id, end.campaign_started_at, end.status):
+                if end.entitlement is not None:  # only while this campaign still owns the subscription
+                    set_entitlement(self.store, end.subscription_id, end.entitlement)
 
         await asyncio.to_thread(write)
 
     def all(self) -> list:
-        return [self.begin_campaign, self.check_guard, self.send_step_email, self.finish_campaign]
+        return [
+            self.begin_campaign,
+            self.check_guard,
+            self.send_step_email,
+            self.change_entitlement,
+            self.finish_campaign,
+        ]

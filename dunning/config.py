@@ -120,6 +120,10 @@ class CampaignSettings(BaseModel):
             if name not in ("stripe", "braintree", "fake"):
                 raise ValueError(f"campaign.providers.{name}: unknown provider (known: stripe, braintree, fake)")
         self.providers = {**default_providers(), **self.providers}
+        if self.providers["braintree"].on_exhaustion == "mark_unpaid":
+            raise ValueError(
+                "campaign.providers.braintree.on_exhaustion = 'mark_unpaid': Braintree has no invoices to mark; use cancel or none"
+            )
         if not self.consequences or not any(
             r.min_days == 0 and r.decline_class is None and r.min_amount_due is None for r in self.consequences
         ):
@@ -169,6 +173,9 @@ class Settings(BaseSettings):
     braintree_public_key: str | None = None
     braintree_private_key: str | None = None
     braintree_environment: str = "sandbox"
+    braintree_api_base: str | None = None  # tests: http://127.0.0.1:PORT instead of the environment's host
+    outbound_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    outbound_secret: str | None = None
 
     @field_validator("campaign", mode="before")
     @classmethod
@@ -179,12 +186,21 @@ class Settings(BaseSettings):
             return {"enabled": value.lower() in {"true", "1"}}
         return value
 
-    @field_validator("stripe_webhook_secret", mode="before")
+    @field_validator("stripe_webhook_secret", "outbound_urls", mode="before")
     @classmethod
     def _split_secrets(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _outbound(self) -> Settings:
+        for url in self.outbound_urls:
+            if not re.match(r"^https?://[^\s/]+", url):
+                raise ValueError(f"outbound_urls = {url!r}: must be an http(s) URL")
+        if self.outbound_urls and not self.outbound_secret:
+            raise ValueError("outbound_secret (DUNNING_OUTBOUND_SECRET): required when outbound_urls is set")
+        return self
 
     @model_validator(mode="after")
     def _templates_exist(self) -> Settings:

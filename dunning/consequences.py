@@ -40,3 +40,12 @@ def changes(
             out.append((days, level))
             current = level
     return out
+
+
+def end_state(outcome: str, reason: str, on_exhaustion: str) -> tuple[str, str]:
+    """(subscription status, entitlement) a campaign leaves behind."""
+    if outcome == "recovered":
+        return "active", START_LEVEL  # restored at once
+    if outcome == "resolved":  # nothing more is owed through this campaign
+        return ("canceled" if "cancel" in reason else "active"), START_LEVEL
+    return ("unpaid" if on_exhaustion == "mark_unpaid" else "canceled"), "canceled"

@@ -66,6 +66,9 @@ class CampaignInput(BaseModel):
     customer_id: str
     failed_at: datetime
     provider: str = "fake"
+    invoice_id: str | None = None
+    decline_class: DeclineClass | None = None
+    amount_due: int | None = None
 
 
 class StepRequest(BaseModel):
@@ -100,6 +103,60 @@ class GuardResult(BaseModel):
     reason: str = ""
 
 
+class RetryRequest(BaseModel):
+    subscription_id: str
+    customer_id: str
+    campaign_started_at: datetime
+    retry_key: str
+    provider: str
+    invoice_id: str | None = None
+    at: datetime
+
+
+class RetryOutcome(BaseModel):
+    retry_key: str
+    status: Literal["succeeded", "declined", "unconfirmed"]
+    decline_code: str | None = None
+    decline_class: DeclineClass | None = None
+
+
+class RetryRecord(BaseModel):
+    key: str
+    at: datetime
+    outcome: str
+    decline_class: str | None = None
+
+
+class EntitlementChange(BaseModel):
+    subscription_id: str
+    customer_id: str
+    campaign_started_at: datetime
+    key: str
+    level: str
+    previous: str
+    at: datetime
+
+
+class TerminalRequest(BaseModel):
+    subscription_id: str
+    customer_id: str
+    campaign_started_at: datetime
+    provider: str
+    invoice_id: str | None = None
+    action: Literal["cancel", "mark_unpaid", "none"]
+
+
+class OutboundEvent(BaseModel):
+    """What host apps receive (signed): ids and bounded values only."""
+
+    type: Literal["campaign_started", "consequence_changed", "recovered", "resolved", "exhausted"]
+    subscription_id: str
+    customer_id: str
+    campaign_started_at: datetime
+    occurred_at: datetime
+    data: dict[str, str | int | float | None] = Field(default_factory=dict)
+
+
 class NextStep(BaseModel):
     key: str
     kind: str
@@ -124,6 +181,9 @@ class CampaignState(BaseModel):
     last_event: str | None = None
     decline_class: str | None = None
     provider_attempts: int | None = None
+    entitlement: str = "full"
+    retries: list[RetryRecord] = Field(default_factory=list)
+    terminal_action: str | None = None
 
 
 class CampaignEnd(BaseModel):
@@ -135,6 +195,9 @@ class CampaignEnd(BaseModel):
     outcome: Outcome
     reason: str = ""
     at: datetime
+    status: str = "active"  # the subscription status to leave behind
+    entitlement: str | None = None  # the level to leave the subscription at (None: unchanged)
+    decline_class: str | None = None
 
 
 class EventKind(StrEnum):

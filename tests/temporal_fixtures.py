@@ -70,3 +70,11 @@ async def running_worker(env: WorkflowEnvironment, settings: Settings, store: St
 async def dunning(tenv: WorkflowEnvironment, settings: Settings, store: Store) -> AsyncIterator[DunningClient]:
     async with running_worker(tenv, settings, store) as client:
         yield client
+
+
+def without_engine_retries(settings: Settings) -> Settings:
+    """The email cadence alone: the fake provider's payments are not retried by the engine."""
+    from dunning.config import ProviderPolicy
+
+    providers = {**settings.campaign.providers, "fake": ProviderPolicy(retries="off", on_exhaustion="cancel")}
+    return settings.model_copy(update={"campaign": settings.campaign.model_copy(update={"providers": providers})})

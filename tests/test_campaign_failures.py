@@ -2,12 +2,19 @@
 was never confirmed is reported and not resent blindly."""
 
 import socket
+
+import pytest
 from datetime import UTC, datetime, timedelta
 
 from dunning.email.outbox import OutboxSink, read_outbox
-from tests.temporal_fixtures import running_worker
+from tests.temporal_fixtures import running_worker, without_engine_retries
 
 DAY = timedelta(days=1)
+
+
+@pytest.fixture
+def settings(settings):
+    return without_engine_retries(settings)
 
 
 def free_port() -> int:

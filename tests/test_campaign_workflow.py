@@ -5,8 +5,14 @@ from datetime import timedelta
 import pytest
 
 from starter.client import UnknownSubscription
+from tests.temporal_fixtures import without_engine_retries
 
 DAY = timedelta(days=1)
+
+
+@pytest.fixture
+def settings(settings):
+    return without_engine_retries(settings)
 
 
 def ledger(store, sub, type_):

@@ -9,6 +9,8 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
 from activities.campaign import CampaignActivities
+from activities.outbound import OutboundActivities
+from activities.payments import PaymentActivities
 from dunning.config import Settings
 from dunning.store.store import Store
 from workflows.campaign import DunningCampaign
@@ -26,12 +28,18 @@ async def connect(settings: Settings) -> Client:
 
 
 def build_worker(client: Client, settings: Settings, store: Store, task_queue: str | None = None) -> Worker:
-    acts = CampaignActivities(settings, store)
+    payments = PaymentActivities(settings, store)
+    activities = [
+        *CampaignActivities(settings, store).all(),
+        payments.retry_payment,
+        payments.terminal_action,
+        OutboundActivities(settings).emit,
+    ]
     return Worker(
         client,
         task_queue=task_queue or settings.temporal_task_queue,
         workflows=[DunningCampaign],
-        activities=acts.all(),
+        activities=activities,
         activity_executor=concurrent.futures.ThreadPoolExecutor(max_workers=8),
     )
 

@@ -22,7 +22,6 @@ vocabulary (see `dunning.declines`). Naive times are UTC.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import uuid
@@ -31,6 +30,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from dunning.signing import mac, sign
 from dunning.contracts import BillingEvent, EventKind
 from dunning.declines import classify
 from dunning.providers.errors import Ignored, WebhookError, provider_disabled
@@ -105,13 +105,7 @@ def _describe(err: ValidationError) -> str:
 # --- signing ------------------------------------------------------------------------
 
 
-def _mac(body: bytes, secret: str, timestamp: int) -> str:
-    return hmac.new(secret.encode("utf-8"), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
-
-
-def sign_fake(body: bytes, secret: str, timestamp: int) -> str:
-    """The signature header for `body`: ``t=<timestamp>,v1=<hex hmac-sha256>``."""
-    return f"t={int(timestamp)},v1={_mac(body, secret, int(timestamp))}"
+sign_fake = sign  # the signature header for `body`: ``t=<timestamp>,v1=<hex hmac-sha256>``
 
 
 def _parse_header(header: str) -> tuple[int, list[str]]:
@@ -155,7 +149,7 @@ def parse_fake(
     if not signature_header or not signature_header.strip():
         raise WebhookError("missing_signature", "missing signature header (t=<unix>,v1=<hex>)")
     timestamp, signatures = _parse_header(signature_header)
-    expected = _mac(body, secret, timestamp)
+    expected = mac(body, secret, timestamp)
     if not any(hmac.compare_digest(expected.encode(), s.encode()) for s in signatures):
         raise WebhookError("bad_signature", "signature does not match the body for the configured secret")
     age = _as_utc(now).timestamp() - timestamp
