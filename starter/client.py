@@ -48,6 +48,9 @@ class DunningClient:
         name: str | None = None,
         start_signal: str | None = None,
         start_signal_args: list | None = None,
+        decline_class: str | None = None,
+        invoice_id: str | None = None,
+        amount_due: int | None = None,
     ) -> WorkflowHandle:
         """Start (or return the running) campaign. The email goes to the store only."""
         failed_at = failed_at or datetime.now(UTC)
@@ -56,7 +59,13 @@ class DunningClient:
         if email is not None or name is not None:
             await asyncio.to_thread(self.store.upsert_customer, customer_id, email, name)
         inp = CampaignInput(
-            subscription_id=subscription_id, customer_id=customer_id, failed_at=failed_at, provider=provider
+            subscription_id=subscription_id,
+            customer_id=customer_id,
+            failed_at=failed_at,
+            provider=provider,
+            decline_class=decline_class,
+            invoice_id=invoice_id,
+            amount_due=amount_due,
         )
         return await self.client.start_workflow(
             DunningCampaign.run,
@@ -93,6 +102,9 @@ class DunningClient:
             None,
             event.occurred_at,
             provider=event.provider,
+            decline_class=event.decline_class,
+            invoice_id=event.invoice_id,
+            amount_due=event.amount_due,
             start_signal="billing_event",
             start_signal_args=[event.for_workflow()],
         )
