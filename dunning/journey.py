@@ -52,6 +52,7 @@ class Situation:
     decline_class: str = "unknown"
     amount_due: int | None = None
     method_updated_at: datetime | None = None
+    last_retry_at: datetime | None = None  # retry days at or before it are moot (no catch-up charge)
 
 
 @dataclass(frozen=True)
@@ -95,15 +96,19 @@ def lanes(plan: CampaignPlan, anchor: datetime, situation: Situation) -> list[li
     policy = plan.retry_policies.get(situation.decline_class)
     out: list[list[Due]] = []
     if plan.retries_mode == "engine" and policy is not None:
-        out.append([Due(f"retry@{d:g}d", "retry", boundary(anchor, d, day), _ZERO) for d in policy.days])
+        last = situation.last_retry_at
+        days = [d for d in policy.days if last is None or boundary(anchor, d, day) > last]
+        out.append([Due(f"retry@{d:g}d", "retry", boundary(anchor, d, day), _ZERO) for d in days])
         if situation.method_updated_at is not None and policy.retry_on_method_update:
             at = max(situation.method_updated_at, anchor)
             out.append([Due(f"retry@pm{int(at.timestamp())}", "retry", at, _ZERO)])
     ladder = consequences.changes(plan.ladder, situation.decline_class, situation.amount_due, plan.grace_days)
     out.append([Due(f"level:{lvl}@{d:g}d", "consequence", boundary(anchor, d, day), _ZERO, (), lvl) for d, lvl in ladder])
+    steps = plan.steps
     if policy is not None and policy.email:
         out.append([Due(f"class:{policy.email}", "email", anchor, _ZERO, (), policy.email)])
-    out.append([Due(s.key, "email", boundary(anchor, s.after_days, day), _ZERO, (), s.template) for s in plan.steps])
+        steps = [s for s in steps if s.after_days > 0]  # the class email is the day-0 notice
+    out.append([Due(s.key, "email", boundary(anchor, s.after_days, day), _ZERO, (), s.template) for s in steps])
     return out
 
 

@@ -97,8 +97,13 @@ class DunningCampaign:
             self._state.provider_attempts = event.attempt_count
         if event.invoice_id:
             self._invoice_id = event.invoice_id
-        if event.kind in (EventKind.payment_failed, EventKind.payment_action_required) and event.decline_class:
-            self._set_class(event.decline_class)
+        if event.kind in (EventKind.payment_failed, EventKind.payment_action_required):
+            # the provider just tried the card: no engine catch-up charge for days before it
+            last = self._situation.last_retry_at
+            if last is None or event.occurred_at > last:
+                self._situation = replace(self._situation, last_retry_at=event.occurred_at)
+            if event.decline_class:
+                self._set_class(event.decline_class)
         if event.amount_due is not None:
             self._situation = replace(self._situation, amount_due=event.amount_due)
             self._changed = True
@@ -145,6 +150,8 @@ class DunningCampaign:
             if not guard.proceed:
                 self._end = ("recovered", f"guard: {guard.reason}")
                 break
+            if v2 and self._end is not None:
+                break  # recovered or resolved while the guard ran: no charge, no cancel, no email
             handled.update(due.skipped)
             self._state.steps_skipped.extend(k for k in due.skipped if "@" not in k and ":" not in k)
             if due.kind == journey.EXHAUST:
@@ -217,6 +224,7 @@ class DunningCampaign:
         self._state.retries.append(
             RetryRecord(key=due.key, at=workflow.now(), outcome=outcome.status, decline_class=outcome.decline_class)
         )
+        self._situation = replace(self._situation, last_retry_at=workflow.now())
         if outcome.status == "succeeded":
             self._end = ("recovered", f"payment retry {due.key} succeeded")
         elif outcome.decline_class:
