@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 from datetime import datetime
 
@@ -23,6 +24,19 @@ def settings_or_exit() -> Settings:
     except ConfigError as err:
         typer.echo(str(err), err=True)
         raise typer.Exit(2) from None
+
+
+def run_client(coro) -> None:
+    """Run a short Temporal client command and exit at once: the SDK's background threads
+    can abort the interpreter during normal shutdown (temporalio/sdk-python#300)."""
+    code = 0
+    try:
+        asyncio.run(coro)
+    except typer.Exit as err:
+        code = err.exit_code
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -68,10 +82,7 @@ def dev() -> None:
 
 
 def _api_runner():
-    try:
-        from starter.api_server import serve_api
-    except ImportError:  # the HTTP API is optional in this build
-        return None
+    from starter.api_server import serve_api
 
     async def run(settings, store, client_factory):
         await serve_api(settings, store, client_factory, settings.api_host, settings.api_port)
@@ -110,7 +121,7 @@ def campaign_start(
         handle = await client.start_campaign(subscription, customer, email, when, name=name)
         typer.echo(f"campaign {handle.id} running (run {handle.result_run_id})")
 
-    asyncio.run(go())
+    run_client(go())
 
 
 @campaign_app.command("recover")
@@ -131,7 +142,7 @@ def campaign_recover(
             fail(str(err))
         typer.echo("recovered: campaign ends now" if signalled else "no campaign running: nothing to do")
 
-    asyncio.run(go())
+    run_client(go())
 
 
 @campaign_app.command("status")
@@ -147,14 +158,18 @@ def campaign_status(
     async def go():
         client = await _client(settings)
         try:
-            return await client.status(subscription)
+            state = await client.status(subscription)
         except UnknownSubscription as err:
             if as_json:
                 typer.echo(json.dumps({"subscription_id": subscription, "error": "no_campaign", "message": str(err)}))
                 raise typer.Exit(1) from None
             fail(str(err))
+        print_state(state, as_json)
 
-    state = asyncio.run(go())
+    run_client(go())
+
+
+def print_state(state, as_json: bool) -> None:
     if as_json:
         typer.echo(state.model_dump_json(indent=2))
         return
@@ -163,6 +178,12 @@ def campaign_status(
     typer.echo(f"stage          {state.stage}")
     typer.echo(f"outcome        {state.outcome}{': ' + state.reason if state.reason else ''}")
     typer.echo(f"steps sent     {', '.join(state.steps_sent) or '-'}")
+    typer.echo(f"decline class  {state.decline_class or '-'}")
+    typer.echo(f"entitlement    {state.entitlement}")
+    for r in state.retries:
+        typer.echo(f"retry          {r.key} at {r.at.isoformat()}: {r.outcome}{' (' + r.decline_class + ')' if r.decline_class else ''}")
+    if state.terminal_action:
+        typer.echo(f"terminal       {state.terminal_action}")
     if state.steps_unconfirmed:
         typer.echo(f"UNCONFIRMED    {', '.join(state.steps_unconfirmed)} (claimed, not confirmed sent)")
     if state.steps_failed:

@@ -62,8 +62,8 @@ def start_temporal(settings: Settings, ui_port: int | None = None, headless: boo
         cmd.append("--headless")
     for name, type_ in search_attributes.SEARCH_ATTRIBUTES.items():
         cmd += ["--search-attribute", f"{name}={type_}"]
-    log = open(settings.home / "temporal.log", "ab")  # noqa: SIM115 - lives as long as the server
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    with open(settings.home / "temporal.log", "ab") as log:  # the child keeps its own handle
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 async def wait_for_temporal(settings: Settings, proc: subprocess.Popen | None = None, timeout: float = 60) -> Client:
