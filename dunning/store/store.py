@@ -8,7 +8,7 @@ SQLite (default) and PostgreSQL (psycopg 3). Upserts use each dialect's native
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,7 +23,9 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import StaticPool
 
-from dunning.store.schema import customers, dunning_events, step_deliveries, subscriptions
+from dunning.contracts import BillingEvent
+from dunning.projection import Decision
+from dunning.store.schema import customers, dunning_events, inbox, step_deliveries, subscriptions
 
 MAX_DATA_BYTES = 4096
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -31,6 +33,9 @@ _MIGRATE_LOCK = 0x64756E6E  # pg advisory lock key ("dunn"): one migrator at a t
 _READ = "dunning_read"  # execution option: a read-only transaction (plain BEGIN on SQLite)
 _LEDGER_KEY = ["subscription_id", "campaign_started_at", "type", "step_key"]
 _DELIVERY_KEY = ["subscription_id", "campaign_started_at", "step_key"]
+_INBOX_KEY = ["provider", "event_id"]
+_PROJECTION_LOCK = 0x70726F6A  # pg advisory lock class ("proj"), keyed by subscription id
+EMAIL_MAX, NAME_MAX = 320, 255  # customers.email / customers.name
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,20 @@ class LedgerEvent:
     step_key: str
     data: dict[str, Any]
     occurred_at: datetime
+
+
+@dataclass(frozen=True)
+class InboxRow:
+    provider: str
+    event_id: str
+    event_type: str
+    subscription_id: str | None
+    occurred_at: datetime
+    received_at: datetime
+    status: str  # received | dispatched | ignored
+    reason: str | None
+    payload: dict[str, Any]
+    dispatched_at: datetime | None
 
 
 def _utc(name: str, value: datetime) -> datetime:
@@ -333,10 +352,13 @@ class Store:
         step_key: str,
         message_id: str,
         at: datetime,
+        ledger_type: str = "dunning.step_sent",
+        data: dict[str, Any] | None = None,
     ) -> None:
         """One transaction: the delivery becomes 'sent' and the ledger gets its single
-        `dunning.step_sent` row. Idempotent: a repeat changes nothing. Without a prior
-        claim the delivery row is created 'sent' with an empty claimed_by."""
+        `ledger_type` row (`dunning.step_sent`, or `dunning.retry_attempted` for a claimed
+        payment retry). Idempotent: a repeat changes nothing. Without a prior claim the
+        delivery row is created 'sent' with an empty claimed_by."""
         started, at = _utc("campaign_started_at", campaign_started_at), _utc("at", at)
         ins = self._insert(step_deliveries).values(
             subscription_id=subscription_id, campaign_started_at=started, step_key=step_key, state="sent",
@@ -348,8 +370,8 @@ class Store:
             where=step_deliveries.c.state == "claimed",
         )
         ledger = self._ledger_insert(
-            type="dunning.step_sent", subscription_id=subscription_id, customer_id=customer_id,
-            campaign_started_at=started, step_key=step_key, data={"message_id": message_id},
+            type=ledger_type, subscription_id=subscription_id, customer_id=customer_id,
+            campaign_started_at=started, step_key=step_key, data={"message_id": message_id, **(data or {})},
             occurred_at=at, recorded_at=_now(),
         )  # fmt: skip
         with self._write() as conn:
@@ -363,3 +385,160 @@ class Store:
         with self._reader.connect() as conn:
             rows = conn.execute(query.order_by(d.claimed_at, d.subscription_id, d.step_key)).all()
         return [tuple(row) for row in rows]  # type: ignore[misc]
+
+    # --- webhook inbox -----------------------------------------------------------------
+    def inbox_receive(
+        self,
+        provider: str,
+        event_id: str,
+        event_type: str,
+        subscription_id: str | None,
+        occurred_at: datetime,
+        payload: dict[str, Any],
+    ) -> str:
+        """Record a verified event once per (provider, event_id). Returns 'new' when this
+        call recorded it, else the existing row's status: 'received' (seen, not yet
+        dispatched), 'dispatched' or 'ignored'."""
+        stmt = self._insert(inbox).values(
+            provider=provider, event_id=event_id, event_type=event_type, subscription_id=subscription_id,
+            occurred_at=_utc("occurred_at", occurred_at), received_at=_now(), status="received",
+            payload=payload,
+        ).on_conflict_do_nothing(index_elements=_INBOX_KEY)  # fmt: skip
+        i = inbox.c
+        with self._write() as conn:
+            if conn.execute(stmt.returning(i.id)).first() is not None:
+                return "new"
+            return conn.execute(select(i.status).where(i.provider == provider, i.event_id == event_id)).scalar_one()
+
+    def inbox_ignore(
+        self,
+        provider: str,
+        event_id: str,
+        event_type: str,
+        reason: str,
+        subscription_id: str | None = None,
+        occurred_at: datetime | None = None,
+        payload: dict[str, Any] | None = None,
+    ) -> bool:
+        """Record a verified event the engine does not act on. False if already recorded."""
+        now = _now()
+        stmt = self._insert(inbox).values(
+            provider=provider, event_id=event_id, event_type=event_type, subscription_id=subscription_id,
+            occurred_at=_utc("occurred_at", occurred_at) if occurred_at else now, received_at=now,
+            status="ignored", reason=reason, payload=payload or {},
+        ).on_conflict_do_nothing(index_elements=_INBOX_KEY)  # fmt: skip
+        with self._write() as conn:
+            return conn.execute(stmt.returning(inbox.c.id)).first() is not None
+
+    def inbox_mark_dispatched(self, provider: str, event_id: str, reason: str | None = None) -> bool:
+        """received -> dispatched. False if the row was not 'received' (already done)."""
+        i = inbox.c
+        values: dict[str, Any] = {"status": "dispatched", "dispatched_at": _now()}
+        if reason is not None:
+            values["reason"] = reason
+        stmt = (
+            update(inbox)
+            .where(i.provider == provider, i.event_id == event_id, i.status == "received")
+            .values(**values)
+        )
+        with self._write() as conn:
+            return conn.execute(stmt).rowcount == 1
+
+    def inbox_get(self, provider: str, event_id: str) -> InboxRow | None:
+        with self._reader.connect() as conn:
+            row = conn.execute(
+                select(*self._inbox_cols()).where(inbox.c.provider == provider, inbox.c.event_id == event_id)
+            ).first()
+        return InboxRow(*row) if row else None
+
+    def inbox_undispatched(self, older_than: datetime, limit: int = 100) -> list[InboxRow]:
+        """'received' rows received at or before `older_than`, oldest event first."""
+        i = inbox.c
+        query = (
+            select(*self._inbox_cols())
+            .where(i.status == "received", i.received_at <= _utc("older_than", older_than))
+            .order_by(i.occurred_at, i.id)
+            .limit(limit)
+        )
+        with self._reader.connect() as conn:
+            return [InboxRow(*row) for row in conn.execute(query).all()]
+
+    @staticmethod
+    def _inbox_cols() -> tuple[Any, ...]:
+        i = inbox.c
+        return (i.provider, i.event_id, i.event_type, i.subscription_id, i.occurred_at, i.received_at, i.status,
+                i.reason, i.payload, i.dispatched_at)  # fmt: skip
+
+    # --- projection from billing events -------------------------------------------------
+    def apply_projection(
+        self, event: BillingEvent, decide_fn: Callable[[Subscription | None, BillingEvent], Decision]
+    ) -> Decision:
+        """Read the subscription, decide, write the decision: one transaction, serialized
+        per subscription (SQLite: the write lock; PostgreSQL: an advisory lock on the id
+        and the row locked FOR UPDATE), so two deliveries can never both start.
+
+        When the event has an inbox row, the decision is stored in its payload
+        (`payload["decision"]`) in the same transaction, and a second call for the same
+        event returns that stored decision without deciding again: a redelivery or the
+        sweep re-dispatches exactly what was decided. The customer's email and name go to
+        the customers table only (not from a stale event)."""
+        if not event.subscription_id:
+            raise ValueError(f"event {event.event_id!r} names no subscription")
+        sub_id = event.subscription_id
+        s, i = subscriptions.c, inbox.c
+        cols = (s.id, s.customer_id, s.provider, s.status, s.dunning_campaign_started_at, s.entitlement,
+                s.decline_class, s.last_event_at)  # fmt: skip
+        with self._write() as conn:
+            if self._pg:
+                conn.execute(
+                    text("SELECT pg_advisory_xact_lock(:cls, hashtext(:id))"), {"cls": _PROJECTION_LOCK, "id": sub_id}
+                )
+            where_inbox = (i.provider == event.provider) & (i.event_id == event.event_id)
+            stored = conn.execute(select(i.payload).where(where_inbox)).first()
+            if stored is not None and isinstance(stored.payload, dict) and stored.payload.get("decision"):
+                decided = Decision.model_validate(stored.payload["decision"])
+                if decided.action != "stale":  # a redelivery may carry the email the stored event lacks
+                    self._customer_from_event(conn, decided.customer_id, event)
+                return decided
+            query = select(*cols).where(s.id == sub_id)
+            row = conn.execute(query.with_for_update() if self._pg else query).first()
+            decision = decide_fn(Subscription(*row) if row else None, event)
+            if decision.write:
+                self._write_projection(conn, decision)
+            if decision.action != "stale":
+                self._customer_from_event(conn, decision.customer_id, event)
+            if stored is not None:
+                payload = dict(stored.payload) if isinstance(stored.payload, dict) else {}
+                payload["decision"] = decision.model_dump(mode="json")
+                conn.execute(update(inbox).where(where_inbox).values(payload=payload))
+        return decision
+
+    def _write_projection(self, conn: Connection, d: Decision) -> None:
+        now = _now()
+        values = {
+            "customer_id": d.customer_id, "provider": d.provider, "status": d.status,
+            "dunning_campaign_started_at": _utc("anchor", d.anchor) if d.anchor else None,
+            "decline_class": d.decline_class,
+            "last_event_at": _utc("last_event_at", d.last_event_at) if d.last_event_at else None,
+            "updated_at": now,
+        }  # fmt: skip
+        ins = self._insert(subscriptions).values(id=d.subscription_id, **values)
+        conn.execute(ins.on_conflict_do_update(index_elements=[subscriptions.c.id], set_=values))
+
+    def _customer_from_event(self, conn: Connection, customer_id: str, event: BillingEvent) -> None:
+        email = event.customer_email if event.customer_email and len(event.customer_email) <= EMAIL_MAX else None
+        name = event.customer_name[:NAME_MAX] if event.customer_name else None
+        if email is None and name is None:
+            return
+        now = _now()
+        ins = self._insert(customers).values(id=customer_id, email=email, name=name, updated_at=now)
+        conn.execute(
+            ins.on_conflict_do_update(
+                index_elements=[customers.c.id],
+                set_={
+                    "email": func.coalesce(ins.excluded.email, customers.c.email),
+                    "name": func.coalesce(ins.excluded.name, customers.c.name),
+                    "updated_at": now,
+                },
+            )
+        )
