@@ -1,0 +1,266 @@
+"""The HTTP API: provider webhooks in, payment-service calls, health and counters.
+
+    POST /webhooks/stripe        Stripe-Signature header          (DUNNING_STRIPE_WEBHOOK_SECRET)
+    POST /webhooks/braintree     bt_signature, bt_payload form    (DUNNING_BRAINTREE_*)
+    POST /webhooks/fake          X-Dunning-Signature header       (DUNNING_FAKE_WEBHOOK_SECRET)
+    POST /v1/subscriptions/{id}/payment-recovered   Bearer DUNNING_API_TOKEN; {"reason": "..."}
+    GET  /v1/subscriptions/{id}/campaign            Bearer DUNNING_API_TOKEN
+    GET  /healthz   the process is up
+    GET  /readyz    database and Temporal reachable (503 naming which is not)
+    GET  /metrics   webhook counts by provider, outcome and reason (JSON)
+
+Temporal is reached lazily through `client_factory` (see starter.temporal_gate), so the
+API starts and answers while Temporal is down. A background sweep re-dispatches inbox
+rows left undispatched (see starter.dispatch). Every error body is
+`{"error": <machine reason>, "message": <what was wrong, in words>}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
+from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
+
+from dunning.config import Settings
+from dunning.store.store import Store
+from starter.api_metrics import WebhookCounter
+from starter.client import DunningClient, UnknownSubscription
+from starter.dispatch import DEFAULT_TIMEOUT, redispatch_pending
+from starter.temporal_gate import TemporalGate, TemporalUnavailable, describe_unavailable, is_unavailable
+from starter.webhooks import Reply, receive
+
+log = logging.getLogger("dunning.api")
+
+TOKEN_ENV = "DUNNING_API_TOKEN"
+MAX_JSON_BODY = 64 * 1024
+MAX_ID = 255
+MAX_REASON = 200
+CHECK_TIMEOUT = 3.0
+
+__all__ = ["create_app", "redispatch_pending"]
+
+
+def error(status: int, reason: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": reason, "message": message}, status_code=status, headers=headers)
+
+
+def create_app(
+    settings: Settings,
+    store: Store,
+    client_factory: Callable[[], Awaitable[DunningClient]],
+    *,
+    sweep_interval: float = 30.0,
+    sweep_min_age: float = 5.0,
+    dispatch_timeout: float = DEFAULT_TIMEOUT,
+) -> FastAPI:
+    """The API app. `sweep_interval` <= 0 turns the background re-dispatch off."""
+    gate = TemporalGate(client_factory)
+    counter = WebhookCounter()
+
+    async def sweep_forever() -> None:
+        while True:
+            await asyncio.sleep(sweep_interval)
+            try:
+                client = await gate.get()
+                done = await redispatch_pending(store, client, min_age=sweep_min_age, timeout=dispatch_timeout)
+                if done:
+                    log.info("sweep re-dispatched %d pending webhook event(s)", done)
+            except TemporalUnavailable as err:
+                log.warning("sweep skipped: %s", err)
+            except Exception:
+                log.exception("sweep failed; it runs again in %ss", sweep_interval)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(sweep_forever(), name="dunning-webhook-sweep") if sweep_interval > 0 else None
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    app = FastAPI(title="dunning", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.settings = settings
+    app.state.store = store
+    app.state.temporal = gate
+    app.state.webhook_counter = counter
+
+    # --- webhooks --------------------------------------------------------------------
+    async def webhook(provider: str, request: Request) -> JSONResponse:
+        try:
+            reply = await receive(provider, request, settings, store, gate, timeout=dispatch_timeout)
+        except OperationalError as err:  # the database is down or locked: the provider retries
+            log.warning("%s webhook not recorded, database unavailable: %s", provider, type(err).__name__)
+            counter.add(provider, "unavailable", "database_unavailable")
+            return error(503, "database_unavailable", "the database is unreachable; retry later", {"Retry-After": "30"})
+        except Exception:
+            log.exception("%s webhook failed; the provider will redeliver", provider)
+            counter.add(provider, "error", "internal")
+            return error(500, "internal", "the event could not be processed; it will be retried")
+        counter.add(provider, reply.outcome, reply.reason)
+        return _json(reply)
+
+    @app.post("/webhooks/stripe")
+    async def stripe_webhook(request: Request) -> JSONResponse:
+        return await webhook("stripe", request)
+
+    @app.post("/webhooks/braintree")
+    async def braintree_webhook(request: Request) -> JSONResponse:
+        return await webhook("braintree", request)
+
+    @app.post("/webhooks/fake")
+    async def fake_webhook(request: Request) -> JSONResponse:
+        return await webhook("fake", request)
+
+    # --- payment service -------------------------------------------------------------
+    @app.post("/v1/subscriptions/{subscription_id}/payment-recovered")
+    async def payment_recovered(subscription_id: str, request: Request) -> JSONResponse:
+        refused = _authorize(request, settings) or _check_id(subscription_id)
+        if refused is not None:
+            return refused
+        reason = await _reason(request)
+        if isinstance(reason, JSONResponse):
+            return reason
+
+        async def call(client: DunningClient) -> JSONResponse:
+            signalled = await client.payment_recovered(subscription_id, reason or "payment recovered")
+            status = "recovered" if signalled else "not_running"
+            return JSONResponse({"status": status, "subscription_id": subscription_id})
+
+        return await _with_temporal(gate, subscription_id, call, dispatch_timeout)
+
+    @app.get("/v1/subscriptions/{subscription_id}/campaign")
+    async def campaign(subscription_id: str, request: Request) -> JSONResponse:
+        refused = _authorize(request, settings) or _check_id(subscription_id)
+        if refused is not None:
+            return refused
+
+        async def call(client: DunningClient) -> JSONResponse:
+            try:
+                state = await client.status(subscription_id)
+            except RuntimeError as err:  # ended failed / terminated / timed out
+                if is_unavailable(err):
+                    raise
+                return error(409, "campaign_failed", str(err))
+            return JSONResponse(state.model_dump(mode="json"))
+
+        return await _with_temporal(gate, subscription_id, call, dispatch_timeout)
+
+    # --- operations ------------------------------------------------------------------
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        checks = {"database": await _database_check(store), "temporal": await _temporal_check(gate)}
+        down = [name for name, result in checks.items() if result != "ok"]
+        if down:
+            body = {
+                "status": "not_ready",
+                "error": "not_ready",
+                "message": " and ".join(down) + (" is" if len(down) == 1 else " are") + " unreachable",
+                **checks,
+            }
+            return JSONResponse(body, status_code=503)
+        return JSONResponse({"status": "ready", **checks})
+
+    @app.get("/metrics")
+    async def metrics_json() -> dict[str, Any]:
+        return {"dunning.webhooks": counter.snapshot()}
+
+    return app
+
+
+def _json(reply: Reply) -> JSONResponse:
+    return JSONResponse(reply.body, status_code=reply.status, headers=reply.headers or None)
+
+
+def _authorize(request: Request, settings: Settings) -> JSONResponse | None:
+    if not settings.api_token:
+        return error(404, "api_disabled", f"the subscriptions API is disabled: set {TOKEN_ENV} to enable it")
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return error(
+            401, "unauthorized", "missing bearer token: send Authorization: Bearer <token>",
+            {"WWW-Authenticate": "Bearer"},
+        )  # fmt: skip
+    if not hmac.compare_digest(token.strip().encode("utf-8"), settings.api_token.encode("utf-8")):
+        return error(403, "forbidden", "the bearer token is not valid")
+    return None
+
+
+def _check_id(subscription_id: str) -> JSONResponse | None:
+    if not subscription_id or len(subscription_id) > MAX_ID:
+        return error(400, "bad_request", f"subscription id must be 1 to {MAX_ID} characters")
+    return None
+
+
+async def _reason(request: Request) -> str | None | JSONResponse:
+    """The optional JSON body {"reason": "..."} of payment-recovered."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_JSON_BODY:
+            return error(413, "body_too_large", f"request body is over {MAX_JSON_BODY} bytes")
+    if not body.strip():
+        return None
+    try:
+        data = json.loads(body)
+    except ValueError as err:
+        return error(400, "malformed_body", f"body is not JSON: {err}")
+    if not isinstance(data, dict) or set(data) - {"reason"}:
+        return error(400, "malformed_body", 'body must be a JSON object {"reason": "..."} (or empty)')
+    reason = data.get("reason")
+    if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON):
+        return error(400, "malformed_body", f"reason must be a string of at most {MAX_REASON} characters")
+    return reason
+
+
+async def _with_temporal(
+    gate: TemporalGate,
+    subscription_id: str,
+    call: Callable[[DunningClient], Awaitable[JSONResponse]],
+    timeout: float,
+) -> JSONResponse:
+    try:
+        client = await gate.get()
+        return await asyncio.wait_for(call(client), timeout)
+    except UnknownSubscription:
+        return error(404, "unknown_subscription", f"subscription {subscription_id!r} never had a dunning campaign")
+    except Exception as err:
+        if not is_unavailable(err):
+            raise
+        return error(503, "temporal_unavailable", describe_unavailable(err), {"Retry-After": "30"})
+
+
+async def _database_check(store: Store) -> str:
+    try:
+        await asyncio.wait_for(asyncio.to_thread(store.ping), CHECK_TIMEOUT)
+    except Exception as err:
+        return f"unreachable: {type(err).__name__}"
+    return "ok"
+
+
+async def _temporal_check(gate: TemporalGate) -> str:
+    try:
+        client = await gate.get()
+        await client.client.workflow_service.get_system_info(
+            GetSystemInfoRequest(), timeout=timedelta(seconds=CHECK_TIMEOUT)
+        )
+    except Exception as err:
+        return f"unreachable: {describe_unavailable(err) if is_unavailable(err) else type(err).__name__}"
+    return "ok"

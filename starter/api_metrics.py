@@ -1,0 +1,44 @@
+"""Webhook counters: `dunning.webhooks` by provider, outcome and reason.
+
+Kept in process (served as JSON by GET /metrics) and added to an OpenTelemetry counter
+of the same name (a no-op unless the host process installs a MeterProvider). Every
+attribute value is from a closed set: a route's provider name, an outcome word, a
+WebhookError reason, an Ignored reason or a projection action; never request data.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from typing import Any
+
+from opentelemetry import metrics
+
+OUTCOMES = ("processed", "duplicate", "ignored", "rejected", "unavailable", "busy", "error")
+
+
+class WebhookCounter:
+    def __init__(self) -> None:
+        self._counts: Counter[tuple[str, str, str]] = Counter()
+        self._lock = threading.Lock()
+        self._otel = metrics.get_meter("dunning.api").create_counter(
+            "dunning.webhooks", unit="{request}", description="Webhook requests by provider, outcome and reason"
+        )
+
+    def add(self, provider: str, outcome: str, reason: str) -> None:
+        with self._lock:
+            self._counts[(provider, outcome, reason)] += 1
+        self._otel.add(1, {"provider": provider, "outcome": outcome, "reason": reason})
+
+    def count(self, provider: str | None = None, outcome: str | None = None, reason: str | None = None) -> int:
+        with self._lock:
+            return sum(
+                n
+                for (p, o, r), n in self._counts.items()
+                if provider in (None, p) and outcome in (None, o) and reason in (None, r)
+            )
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        with self._lock:
+            items = sorted(self._counts.items())
+        return [{"provider": p, "outcome": o, "reason": r, "count": n} for (p, o, r), n in items]
