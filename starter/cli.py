@@ -18,6 +18,39 @@ campaign_app = typer.Typer(help="Start, recover and inspect campaigns.", no_args
 app.add_typer(campaign_app, name="campaign")
 
 
+def _simulate_app() -> typer.Typer:
+    from starter.cli_simulate import simulate_app
+    from starter.fake_cli import calls_command, set_card_command
+
+    @simulate_app.callback()
+    def _load(ctx: typer.Context) -> None:
+        from starter.dev import with_dev_secrets
+
+        ctx.obj = with_dev_secrets(settings_or_exit())
+
+    @simulate_app.command("set-card")
+    def set_card(
+        ctx: typer.Context,
+        subscription: str = typer.Argument(...),
+        outcome: str = typer.Option(..., "--outcome", help="succeed | decline:CODE (what the next engine charge returns)"),
+    ) -> None:
+        """Script the fake provider's card for a subscription."""
+        try:
+            typer.echo(set_card_command(ctx.obj, subscription, outcome))
+        except ValueError as err:
+            fail(str(err), 2)
+
+    @simulate_app.command("calls")
+    def calls(ctx: typer.Context, subscription: str = typer.Argument(None)) -> None:
+        """Every call the engine made to the fake provider (charge, cancel)."""
+        typer.echo(calls_command(ctx.obj, subscription))
+
+    return simulate_app
+
+
+app.add_typer(_simulate_app(), name="simulate")
+
+
 def settings_or_exit() -> Settings:
     try:
         return load_settings()
@@ -64,6 +97,38 @@ def worker() -> None:
         asyncio.run(run_worker(settings))
     except KeyboardInterrupt:
         pass
+
+
+@app.command()
+def doctor() -> None:
+    """Check config, database and Temporal; warn about double customer emails."""
+    from starter.doctor import doctor as run_doctor
+
+    code = run_doctor(settings_or_exit())
+    sys.stdout.flush()
+    os._exit(code)  # see run_client
+
+
+@app.command()
+def api() -> None:
+    """Run the HTTP API (webhooks, payment-recovered, attention) on DUNNING_API_PORT."""
+    from dunning.store.store import Store
+
+    settings = settings_or_exit()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    store = Store.open(settings.db_url)
+
+    async def client_factory():
+        from starter.client import DunningClient
+
+        return await DunningClient.connect(settings, store)
+
+    try:
+        asyncio.run(_api_runner()(settings, store, client_factory))
+    except KeyboardInterrupt:
+        pass
+    except OSError as err:
+        fail(str(err))
 
 
 @app.command()

@@ -23,11 +23,19 @@ from worker import search_attributes
 from worker.app import build_worker, connect
 from worker.binaries import find_binary
 
+def with_dev_secrets(settings: Settings) -> Settings:
+    """CLI commands beside a running `dunning dev` use the secrets it generated."""
+    secret_file = settings.home / "dev-secrets"
+    if not secret_file.is_file() or (settings.fake_webhook_secret and settings.api_token):
+        return settings
+    return dev_defaults(settings)
+
+
 def dev_defaults(settings: Settings) -> Settings:
     """Fill the dev-only secrets the user did not set (printed at start)."""
     secret_file = settings.home / "dev-secrets"
     if secret_file.is_file():
-        fake, token = secret_file.read_text().split()
+        fake, token = secret_file.read_text().split()[:2]
     else:
         fake, token = f"whsec_dev_{secrets.token_hex(8)}", f"dev_{secrets.token_hex(12)}"
         secret_file.write_text(f"{fake}\n{token}\n")

@@ -1,0 +1,119 @@
+"""`dunning doctor`: check the configuration and what it points at, in words.
+
+    ok    config       valid; webhooks enabled: stripe, fake; campaign enabled
+    ok    database     reachable (postgresql+psycopg://app@db/dunning)
+    FAIL  temporal     cannot reach 127.0.0.1:7233: ...
+    WARN  stripe       ... two sets of emails ...
+
+Returns the exit code: 0 when nothing failed (warnings allowed), 1 otherwise. The
+Settings passed in were already validated (a bad config never gets this far; the caller
+prints its ConfigError and exits 2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import timedelta
+
+from sqlalchemy.engine import make_url
+from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
+from temporalio.service import RPCError, RPCStatusCode
+
+from dunning.config import Settings
+from dunning.store.store import Store
+from worker.app import connect
+
+STRIPE_EMAILS_SETTING = (
+    'Stripe Dashboard > Settings > Billing > Subscriptions and emails > "Send emails when card payments fail"'
+)
+
+
+def enabled_providers(settings: Settings) -> list[str]:
+    providers = []
+    if any(s.strip() for s in settings.stripe_webhook_secret):
+        providers.append("stripe")
+    if settings.braintree_merchant_id and settings.braintree_public_key and settings.braintree_private_key:
+        providers.append("braintree")
+    if settings.fake_webhook_secret:
+        providers.append("fake")
+    return providers
+
+
+def stripe_double_email_warning(settings: Settings) -> str | None:
+    """Stripe emails customers about failed payments itself unless told not to."""
+    if "stripe" not in enabled_providers(settings) or not settings.campaign.enabled:
+        return None
+    return (
+        "the Stripe provider is enabled and campaign.enabled is true: customers get two sets of emails "
+        f"unless Stripe's own failed-payment emails are turned off ({STRIPE_EMAILS_SETTING}) "
+        "or the campaign is disabled (DUNNING_CAMPAIGN__ENABLED=false, or `campaign = false` in dunning.toml)"
+    )
+
+
+def doctor(settings: Settings, *, timeout: float = 5.0, say: Callable[[str], None] = print) -> int:
+    failed = False
+
+    def report(level: str, what: str, message: str) -> None:
+        nonlocal failed
+        failed = failed or level == "FAIL"
+        say(f"{level:<5} {what:<9} {message}")
+
+    providers = enabled_providers(settings)
+    report(
+        "ok", "config",
+        f"valid; webhooks enabled: {', '.join(providers) or 'none'}; "
+        f"campaign {'enabled' if settings.campaign.enabled else 'disabled'}",
+    )  # fmt: skip
+    if not providers:
+        report("WARN", "webhooks", "no provider is configured: every webhook route answers 404 "
+               "(set DUNNING_STRIPE_WEBHOOK_SECRET, DUNNING_BRAINTREE_* or DUNNING_FAKE_WEBHOOK_SECRET)")  # fmt: skip
+    if not settings.api_token:
+        report("WARN", "api", "DUNNING_API_TOKEN is not set: the /v1/subscriptions routes answer 404")
+
+    shown_url = make_url(settings.db_url).render_as_string(hide_password=True)
+    try:
+        store = Store(settings.db_url)
+        try:
+            store.ping()
+        finally:
+            store.dispose()
+    except Exception as err:
+        report("FAIL", "database", f"cannot reach {shown_url}: {type(err).__name__}: {_first_line(err)}")
+    else:
+        report("ok", "database", f"reachable ({shown_url})")
+
+    problem = asyncio.run(_temporal_problem(settings, timeout))
+    where = f"{settings.temporal_address} (namespace {settings.temporal_namespace})"
+    if problem:
+        report("FAIL", "temporal", f"{where}: {problem}")
+    else:
+        report("ok", "temporal", f"reachable, namespace found: {where}")
+
+    warning = stripe_double_email_warning(settings)
+    if warning:
+        report("WARN", "stripe", warning)
+    return 1 if failed else 0
+
+
+async def _temporal_problem(settings: Settings, timeout: float) -> str | None:
+    try:
+        client = await asyncio.wait_for(connect(settings), timeout)
+    except TimeoutError:
+        return f"no answer within {timeout:g}s"
+    except Exception as err:
+        return f"cannot connect: {_first_line(err)}"
+    try:
+        await client.workflow_service.describe_namespace(
+            DescribeNamespaceRequest(namespace=settings.temporal_namespace), timeout=timedelta(seconds=timeout)
+        )
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            return f"namespace {settings.temporal_namespace!r} does not exist"
+        return f"describe namespace failed: {err.status.name if err.status else ''} {_first_line(err)}"
+    return None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:300] if text else type(err).__name__
