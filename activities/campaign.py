@@ -27,6 +27,7 @@ from dunning.contracts import (
 from dunning.email.message import build_message, domain_of, message_id_for
 from dunning.email.render import render
 from dunning.email.sender import SmtpError, send_message
+from dunning.consequences import guard_decision
 from dunning.store.entitlements import set_entitlement
 from dunning.store.store import Store
 
@@ -57,13 +58,7 @@ class CampaignActivities:
     async def check_guard(self, req: GuardRequest) -> GuardResult:
         """Reload the subscription: is this campaign identity still wanted?"""
         sub = await asyncio.to_thread(self.store.get_subscription, req.subscription_id)
-        if sub is None:
-            return GuardResult(proceed=False, reason="subscription not found")
-        if sub.dunning_campaign_started_at != req.campaign_started_at:
-            return GuardResult(proceed=False, reason="campaign anchor changed")
-        if sub.status != "past_due":
-            return GuardResult(proceed=False, reason=f"subscription is {sub.status}")
-        return GuardResult(proceed=True)
+        return guard_decision(sub, req.campaign_started_at)
 
     @activity.defn(name="send_step_email")
     async def send_step_email(self, req: StepRequest) -> StepOutcome:

@@ -23,6 +23,10 @@ from typing_extensions import Annotated
 from dunning.contracts import DECLINE_CLASSES, CampaignPlan, ConsequenceRule, RetryPolicy, StepSpec
 
 BUILTIN_TEMPLATES = Path(__file__).parent / "email" / "templates"
+ATTENTION_MESSAGE = (
+    "Action Required: We were unable to process your recent payment. "
+    "Please update your payment method to avoid service interruption."
+)
 _KEY = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 
@@ -174,6 +178,7 @@ class Settings(BaseSettings):
     braintree_private_key: str | None = None
     braintree_environment: str = "sandbox"
     braintree_api_base: str | None = None  # tests: http://127.0.0.1:PORT instead of the environment's host
+    attention_message: str = Field(default=ATTENTION_MESSAGE, min_length=1, max_length=500)
     outbound_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
     outbound_secret: str | None = None
 

@@ -101,6 +101,7 @@ class GuardResult(BaseModel):
 
     proceed: bool
     reason: str = ""
+    outcome: Outcome = "recovered"  # how the campaign ends when it must not proceed
 
 
 class RetryRequest(BaseModel):

@@ -32,6 +32,7 @@ from sqlalchemy.exc import OperationalError
 from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
 
 from dunning.config import Settings
+from dunning.store.entitlements import requires_attention
 from dunning.store.store import Store
 from starter.api_metrics import WebhookCounter
 from starter.client import DunningClient, UnknownSubscription
@@ -158,6 +159,41 @@ def create_app(
 
         return await _with_temporal(gate, subscription_id, call, dispatch_timeout)
 
+    # --- host app: reads the store only (no Temporal call, no side effect) -------------
+    @app.get("/v1/customers/{customer_id}/attention")
+    async def attention(customer_id: str, request: Request) -> JSONResponse:
+        refused = _authorize(request, settings) or _check_id(customer_id)
+        if refused is not None:
+            return refused
+        found = await asyncio.to_thread(requires_attention, store, customer_id, settings.attention_message)
+        return JSONResponse(
+            {
+                "customer_id": customer_id,
+                "requires_attention": found.requires_attention,
+                "entitlement": found.entitlement,
+                "message": found.message,
+                "subscriptions": list(found.subscriptions),
+            }
+        )
+
+    @app.get("/v1/subscriptions/{subscription_id}/entitlement")
+    async def entitlement(subscription_id: str, request: Request) -> JSONResponse:
+        refused = _authorize(request, settings) or _check_id(subscription_id)
+        if refused is not None:
+            return refused
+        sub = await asyncio.to_thread(store.get_subscription, subscription_id)
+        if sub is None:
+            return error(404, "unknown_subscription", f"subscription {subscription_id!r} is not known to the engine")
+        return JSONResponse(
+            {
+                "subscription_id": sub.id,
+                "customer_id": sub.customer_id,
+                "entitlement": sub.entitlement,
+                "status": sub.status,
+                "in_dunning": sub.dunning_campaign_started_at is not None,
+            }
+        )
+
     # --- operations ------------------------------------------------------------------
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -179,7 +215,8 @@ def create_app(
 
     @app.get("/metrics")
     async def metrics_json() -> dict[str, Any]:
-        return {"dunning.webhooks": counter.snapshot()}
+        unconfirmed = await asyncio.to_thread(store.unconfirmed_deliveries)
+        return {"dunning.webhooks": counter.snapshot(), "dunning.deliveries.unconfirmed": len(unconfirmed)}
 
     return app
 

@@ -177,6 +177,8 @@ def campaign_start(
 ) -> None:
     """Start a campaign (a running one for this subscription is returned, not duplicated)."""
     settings = settings_or_exit()
+    if not settings.campaign.enabled:
+        fail("campaigns are disabled (campaign.enabled = false / DUNNING_CAMPAIGN__ENABLED)", 2)
     if "@" not in email:
         fail(f"--email {email!r}: not an email address", 2)
     when = _parse_time(failed_at)

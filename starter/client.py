@@ -88,14 +88,13 @@ class DunningClient:
             start_signal_args=start_signal_args or [],
         )
 
-    async def on_failure(self, event: BillingEvent, *, start: bool) -> WorkflowHandle | None:
+    async def on_failure(self, event: BillingEvent, *, start: bool) -> WorkflowHandle | bool:
         """A payment failed. `start`: the subscription just turned past_due, so
         signal-with-start a campaign anchored at the provider's failure time (USE_EXISTING:
         a running campaign is signalled, never duplicated). Otherwise only signal a
         running campaign with the new attempt/decline info."""
         if not start:
-            await self._signal_if_running(event.subscription_id, DunningCampaign.billing_event, event.for_workflow())
-            return None
+            return await self._signal_if_running(event.subscription_id, DunningCampaign.billing_event, event.for_workflow())
         return await self.start_campaign(
             event.subscription_id,
             event.customer_id or event.subscription_id,

@@ -148,7 +148,7 @@ class DunningCampaign:
                 **ACTIVITY,
             )
             if not guard.proceed:
-                self._end = ("recovered", f"guard: {guard.reason}")
+                self._end = (guard.outcome if v2 else "recovered", f"guard: {guard.reason}")
                 break
             if v2 and self._end is not None:
                 break  # recovered or resolved while the guard ran: no charge, no cancel, no email

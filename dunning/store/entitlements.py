@@ -9,15 +9,13 @@ from datetime import UTC, datetime
 
 from sqlalchemy import select, update
 
+from dunning.config import ATTENTION_MESSAGE
 from dunning.store.schema import subscriptions
 from dunning.store.store import Store
 
 # most severe first; a level not listed (a custom ladder's) ranks between limited and suspended
 SEVERITY = ("canceled", "suspended", "limited", "full")
-DEFAULT_MESSAGE = (
-    "Action Required: We were unable to process your recent payment. "
-    "Please update your payment method to avoid service interruption."
-)
+DEFAULT_MESSAGE = ATTENTION_MESSAGE
 
 
 @dataclass(frozen=True)

@@ -230,7 +230,10 @@ class Store:
         return Subscription(*row) if row else None
 
     def begin_dunning(self, subscription_id: str, customer_id: str, provider: str, anchor: datetime) -> None:
-        """The subscription is past_due from `anchor` on; entitlement is left as it is."""
+        """The subscription is past_due from `anchor` on; entitlement is left as it is.
+        A canceled subscription, or one whose projection holds a newer event than the
+        anchor (a payment recorded after this failure), is left alone: the campaign's
+        guard then ends it without sending anything."""
         anchor = _utc("anchor", anchor)
         now = _now()
         ins = self._insert(subscriptions).values(
@@ -241,6 +244,8 @@ class Store:
             index_elements=[subscriptions.c.id],
             set_={"customer_id": customer_id, "provider": provider, "status": "past_due",
                   "dunning_campaign_started_at": anchor, "updated_at": now},
+            where=(subscriptions.c.status != "canceled")
+            & (subscriptions.c.last_event_at.is_(None) | (subscriptions.c.last_event_at <= anchor)),
         )  # fmt: skip
         with self._write() as conn:
             conn.execute(stmt)
