@@ -1,5 +1,6 @@
 """Record the histories in tests/histories/ (run when a deliberate, patched change needs a
-new one): `python -m tests.record_history`. Each is a full campaign on the time-skipping
+new one): `python -m tests.record_history v2` writes v2_*.json. Older versions' files stay:
+they prove campaigns started by that code still replay. Each is a full campaign on the time-skipping
 server, written as the JSON the Temporal UI and CLI export."""
 
 import asyncio
@@ -20,7 +21,7 @@ from worker.binaries import find_binary
 HISTORIES = Path(__file__).parent / "histories"
 
 
-async def record() -> None:
+async def record(tag: str) -> None:
     from tests.temporal_fixtures import running_worker
 
     with tempfile.TemporaryDirectory() as tmp, OutboxSink(Path(tmp) / "outbox", port=0) as sink:
@@ -40,10 +41,12 @@ async def record() -> None:
             await rec.result()
             for name, handle in [("full_campaign", full), ("recovered_day_6", rec)]:
                 history = await handle.fetch_history()
-                (HISTORIES / f"{name}.json").write_text(json.dumps(history.to_json_dict(), indent=1))
+                (HISTORIES / f"{tag}_{name}.json").write_text(json.dumps(history.to_json_dict(), indent=1))
         await env.shutdown()
         store.dispose()
 
 
 if __name__ == "__main__":
-    asyncio.run(record())
+    import sys
+
+    asyncio.run(record(sys.argv[1]))
