@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test clean
 
 setup: $(VENV)/.installed
 
@@ -22,8 +22,6 @@ run: setup
 test: setup
 	$(BIN)/pytest -q
 
-bench: setup
-	$(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) .dunning .pytest_cache .hypothesis
