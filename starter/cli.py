@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import sys
-from datetime import datetime
 
 import typer
 
@@ -155,18 +154,6 @@ def _api_runner():
     return run
 
 
-def _parse_time(value: str | None) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        fail(f"--failed-at {value!r}: not an ISO 8601 time (e.g. 2026-11-22T09:30:00Z)", 2)
-    if parsed.tzinfo is None:
-        fail(f"--failed-at {value!r}: give a time zone (e.g. a trailing Z for UTC)", 2)
-    return parsed
-
-
 @campaign_app.command("start")
 def campaign_start(
     subscription: str = typer.Argument(..., help="Subscription id"),
@@ -181,7 +168,9 @@ def campaign_start(
         fail("campaigns are disabled (campaign.enabled = false / DUNNING_CAMPAIGN__ENABLED)", 2)
     if "@" not in email:
         fail(f"--email {email!r}: not an email address", 2)
-    when = _parse_time(failed_at)
+    from starter.cli_simulate import parse_aware_time
+
+    when = parse_aware_time(failed_at, "--failed-at")
 
     async def go():
         client = await _client(settings)

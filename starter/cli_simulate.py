@@ -58,7 +58,8 @@ def post_fake_event(settings: Settings, kind: str, subscription_id: str, api: st
     return httpx.post(f"{base}/webhooks/fake", content=body, headers=headers, timeout=30)
 
 
-def _parse_at(value: str | None) -> datetime | None:
+def parse_aware_time(value: str | None, option: str = "--at") -> datetime | None:
+    """An ISO 8601 time with a zone from a CLI option; a bad one exits 2 naming the option."""
     if value is None:
         return None
     try:
@@ -66,7 +67,7 @@ def _parse_at(value: str | None) -> datetime | None:
     except ValueError:
         parsed = None
     if parsed is None or parsed.tzinfo is None:
-        typer.echo(f"error: --at {value!r}: give an ISO 8601 time with a zone, e.g. 2026-11-22T09:30:00Z", err=True)
+        typer.echo(f"error: {option} {value!r}: give an ISO 8601 time with a zone, e.g. 2026-11-22T09:30:00Z", err=True)
         raise typer.Exit(2)
     return parsed
 
@@ -74,7 +75,7 @@ def _parse_at(value: str | None) -> datetime | None:
 def _send(ctx: typer.Context, kind: str, subscription_id: str, api: str | None, at: str | None, **data: Any) -> None:
     settings = _settings(ctx)
     base = api or f"http://127.0.0.1:{settings.api_port}"
-    created = _parse_at(at)
+    created = parse_aware_time(at)
     try:
         response = post_fake_event(settings, kind, subscription_id, api, created=created, **data)
     except ValueError as err:

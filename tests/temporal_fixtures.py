@@ -4,13 +4,15 @@ by path: nothing downloads), an SMTP sink on loopback, settings and a worker per
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from temporalio.client import WorkflowExecutionStatus
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from dunning.config import Settings, load_settings
@@ -20,6 +22,7 @@ from starter.client import DunningClient
 from worker import search_attributes
 from worker.app import build_worker
 from worker.binaries import find_binary
+from workflows.campaign import workflow_id
 
 
 @pytest_asyncio.fixture(scope="session")
@@ -78,3 +81,28 @@ def without_engine_retries(settings: Settings) -> Settings:
 
     providers = {**settings.campaign.providers, "fake": ProviderPolicy(retries="off", on_exhaustion="cancel")}
     return settings.model_copy(update={"campaign": settings.campaign.model_copy(update={"providers": providers})})
+
+
+@pytest_asyncio.fixture
+async def new_sub(tenv: WorkflowEnvironment) -> AsyncIterator[Callable[[str], str]]:
+    """A fresh subscription id per call. A campaign a failing test leaves running is
+    terminated: its worker is gone, and its pending tasks would stop the shared
+    time-skipping server from skipping time for every later test."""
+    made: list[str] = []
+
+    def make(name: str) -> str:
+        made.append(f"{name}_{uuid.uuid4().hex[:8]}")
+        return made[-1]
+
+    yield make
+    for sub in made:
+        handle = tenv.client.get_workflow_handle(workflow_id(sub))
+        try:
+            if (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
+                await handle.terminate("test ended")
+        except RPCError:
+            pass
+
+
+def ledger(store: Store, sub: str, type_: str) -> list:
+    return [e for e in store.events(sub) if e.type == type_]

@@ -5,7 +5,7 @@ from datetime import timedelta
 import pytest
 
 from starter.client import UnknownSubscription
-from tests.temporal_fixtures import without_engine_retries
+from tests.temporal_fixtures import ledger, without_engine_retries
 
 DAY = timedelta(days=1)
 
@@ -13,10 +13,6 @@ DAY = timedelta(days=1)
 @pytest.fixture
 def settings(settings):
     return without_engine_retries(settings)
-
-
-def ledger(store, sub, type_):
-    return [e for e in store.events(sub) if e.type == type_]
 
 
 def near(actual: timedelta, expected: timedelta) -> bool:

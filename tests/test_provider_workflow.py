@@ -9,13 +9,7 @@ engine never pays an invoice itself; on exhaustion it cancels once.
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
-
-import pytest_asyncio
-from temporalio.client import WorkflowExecutionStatus
-from temporalio.service import RPCError
 
 from activities.payments import idempotency_key
 from dunning.config import ProviderPolicy
@@ -23,37 +17,13 @@ from dunning.contracts import BillingEvent, EventKind
 from dunning.providers import fake_state
 from dunning.store.entitlements import get_entitlement
 from tests.provider_server import Recorder, error_xml, server, transaction_xml
-from tests.temporal_fixtures import running_worker
-from workflows.campaign import DunningCampaign, workflow_id
+from tests.temporal_fixtures import ledger, running_worker
+from workflows.campaign import DunningCampaign
 
 __all__ = ["server"]  # the recording HTTP server fixture
 
 DAY = timedelta(days=1)
 HOUR = timedelta(hours=1)
-
-
-@pytest_asyncio.fixture
-async def new_sub(tenv) -> AsyncIterator[Callable[[str], str]]:
-    """A fresh subscription id; a campaign a failing test leaves running is terminated
-    (it would stop the shared time-skipping server from skipping time)."""
-    made: list[str] = []
-
-    def make(name: str) -> str:
-        made.append(f"{name}_{uuid.uuid4().hex[:8]}")
-        return made[-1]
-
-    yield make
-    for sub in made:
-        handle = tenv.client.get_workflow_handle(workflow_id(sub))
-        try:
-            if (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
-                await handle.terminate("test ended")
-        except RPCError:
-            pass
-
-
-def ledger(store, sub: str, type_: str):
-    return [e for e in store.events(sub) if e.type == type_]
 
 
 def days_after(anchor: datetime, times) -> list[float]:

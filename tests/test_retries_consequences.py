@@ -11,15 +11,11 @@ from __future__ import annotations
 import concurrent.futures
 import hmac
 import json
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 
-import pytest_asyncio
 from temporalio import activity
-from temporalio.client import WorkflowExecutionStatus
-from temporalio.service import RPCError
 from temporalio.worker import Worker
 
 from activities.campaign import CampaignActivities
@@ -31,39 +27,14 @@ from dunning.signing import mac
 from dunning.store.entitlements import DEFAULT_MESSAGE, get_entitlement, requires_attention
 from tests.provider_server import Recorder, server
 from starter.client import DunningClient
-from tests.temporal_fixtures import running_worker, without_engine_retries
-from workflows.campaign import DunningCampaign, workflow_id
+from tests.temporal_fixtures import ledger, running_worker, without_engine_retries
+from workflows.campaign import DunningCampaign
 
 __all__ = ["server"]  # the recording HTTP server fixture
 
 DAY = timedelta(days=1)
 HOUR = timedelta(hours=1)
 ALWAYS_DECLINE = "decline:insufficient_funds"
-
-
-@pytest_asyncio.fixture
-async def new_sub(tenv) -> AsyncIterator[Callable[[str], str]]:
-    """A fresh subscription id per call. A campaign a failing test leaves running is
-    terminated: its worker is gone, and its pending tasks would stop the shared
-    time-skipping server from skipping time for every later test."""
-    made: list[str] = []
-
-    def make(name: str) -> str:
-        made.append(f"{name}_{uuid.uuid4().hex[:8]}")
-        return made[-1]
-
-    yield make
-    for sub in made:
-        handle = tenv.client.get_workflow_handle(workflow_id(sub))
-        try:
-            if (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
-                await handle.terminate("test ended")
-        except RPCError:
-            pass
-
-
-def ledger(store, sub: str, type_: str):
-    return [e for e in store.events(sub) if e.type == type_]
 
 
 def near(actual: timedelta, expected: timedelta) -> bool:
