@@ -132,13 +132,14 @@ async def test_a_client_on_a_closed_port_is_unavailable_and_the_redelivery_dispa
     tenv, settings, store, dunning, mailbox
 , subs):
     from temporalio.client import Client
+    from temporalio.contrib.pydantic import pydantic_data_converter
 
     failed_at = (await tenv.get_current_time()).replace(microsecond=0)
     sub = subs("sub_port")
     request = fake_request("payment_failed", sub, failed_at, customer_id="cus_port", customer_email="p@example.com")
 
     async def closed_port() -> DunningClient:
-        return DunningClient(await Client.connect("127.0.0.1:1", lazy=True), store, settings)
+        return DunningClient(await Client.connect("127.0.0.1:1", lazy=True, data_converter=pydantic_data_converter), store, settings)
 
     async with api_client(api_settings(settings), store, closed_port) as down:
         assert (await post(down, request)).status_code == 503
