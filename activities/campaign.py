@@ -181,7 +181,11 @@ class CampaignActivities:
                     end.customer_id,
                     end.campaign_started_at,
                     occurred_at=end.at,
-                    data={"decline_class": end.decline_class, "days_in_dunning": round(days, 2)},
+                    data={
+                        "decline_class": end.decline_class,
+                        "days_in_dunning": round(days, 2),
+                        "plan_id": end.plan_id,
+                    },
                 )
             if self.store.end_dunning(end.subscription_id, end.campaign_started_at, end.status):
                 if end.entitlement is not None:  # only while this campaign still owns the subscription

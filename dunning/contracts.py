@@ -69,6 +69,7 @@ class CampaignInput(BaseModel):
     invoice_id: str | None = None
     decline_class: DeclineClass | None = None
     amount_due: int | None = None
+    plan_id: str | None = None
 
 
 class StepRequest(BaseModel):
@@ -199,6 +200,7 @@ class CampaignEnd(BaseModel):
     status: str = "active"  # the subscription status to leave behind
     entitlement: str | None = None  # the level to leave the subscription at (None: unchanged)
     decline_class: str | None = None
+    plan_id: str | None = None
 
 
 class EventKind(StrEnum):
@@ -238,6 +240,7 @@ class BillingEvent(BaseModel):
     next_provider_retry_at: datetime | None = None
     amount_due: int | None = None  # minor units
     currency: str | None = None
+    plan_id: str | None = None  # the provider's plan / price / product id
     subscription_status: str | None = None  # provider status after the event, if given
 
     def for_workflow(self) -> BillingEvent:

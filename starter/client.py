@@ -17,6 +17,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from dunning.config import Settings
 from dunning.contracts import BillingEvent, CampaignInput, CampaignState
+from dunning.store.entitlements import Attention, requires_attention
 from dunning.store.store import Store
 from worker import search_attributes as sa
 from worker.app import connect
@@ -51,6 +52,7 @@ class DunningClient:
         decline_class: str | None = None,
         invoice_id: str | None = None,
         amount_due: int | None = None,
+        plan_id: str | None = None,
     ) -> WorkflowHandle:
         """Start (or return the running) campaign. The email goes to the store only."""
         failed_at = failed_at or datetime.now(UTC)
@@ -66,6 +68,7 @@ class DunningClient:
             decline_class=decline_class,
             invoice_id=invoice_id,
             amount_due=amount_due,
+            plan_id=plan_id,
         )
         return await self.client.start_workflow(
             DunningCampaign.run,
@@ -104,6 +107,7 @@ class DunningClient:
             decline_class=event.decline_class,
             invoice_id=event.invoice_id,
             amount_due=event.amount_due,
+            plan_id=event.plan_id,
             start_signal="billing_event",
             start_signal_args=[event.for_workflow()],
         )
@@ -121,6 +125,11 @@ class DunningClient:
             return False
         await handle.signal(signal, arg)
         return True
+
+    def requires_attention(self, customer_id: str) -> Attention:
+        """Does the customer need attention, and what are they entitled to? Reads the
+        store only: no Temporal call, no side effect."""
+        return requires_attention(self.store, customer_id, self.settings.attention_message)
 
     async def _describe(self, subscription_id: str):
         handle = self.client.get_workflow_handle_for(DunningCampaign.run, workflow_id(subscription_id))

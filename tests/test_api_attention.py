@@ -54,3 +54,12 @@ def test_requires_attention_takes_the_most_restrictive_subscription(store):
     assert found.requires_attention and found.entitlement == "suspended"
     assert found.subscriptions == ("sub_b1", "sub_b2") and found.message == "Pay up, kindly."
     assert store.events("sub_b1") == []  # no side effect
+
+
+def test_the_python_client_answers_from_the_store_without_temporal(settings, store):
+    from starter.client import DunningClient
+
+    store.begin_dunning("sub_c1", "cus_c", "fake", ANCHOR)
+    client = DunningClient(None, store, settings)  # no Temporal client at all
+    found = client.requires_attention("cus_c")
+    assert found.requires_attention and found.message == settings.attention_message

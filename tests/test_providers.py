@@ -811,3 +811,13 @@ def test_build_fake_event_validates() -> None:
     body = build_fake_event("payment_failed", "sub_1", customer_id=None, next_provider_retry_at=NOW)
     assert body["data"] == {"subscription_id": "sub_1", "next_provider_retry_at": "2025-01-31T12:00:00Z"}
     json.dumps(body)  # JSON-ready
+
+
+def test_plan_id_from_the_first_invoice_line() -> None:
+    line = {"object": "line_item", "price": {"id": "price_pro_monthly", "object": "price"}, "plan": {"id": "plan_old"}}
+    invoice = stripe_invoice(lines={"object": "list", "data": [line], "has_more": False})
+    event = parse_signed(stripe_event("invoice.payment_failed", invoice))
+    assert isinstance(event, BillingEvent) and event.plan_id == "price_pro_monthly"
+    older = stripe_invoice(lines={"object": "list", "data": [{"plan": {"id": "plan_old"}}]})
+    assert parse_signed(stripe_event("invoice.payment_failed", older)).plan_id == "plan_old"
+    assert parse_signed(stripe_event("invoice.payment_failed", stripe_invoice())).plan_id is None

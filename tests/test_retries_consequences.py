@@ -184,7 +184,7 @@ async def test_exhaustion_cancels_once_through_the_provider_and_enters_bad_debt(
     sub, cus = new_sub("sub_exh"), "cus_exh"
     fake_state.set_card(store.engine, sub, ALWAYS_DECLINE)
     anchor = await tenv.get_current_time()
-    handle = await dunning.start_campaign(sub, cus, "di@example.com", anchor, decline_class="soft")
+    handle = await dunning.start_campaign(sub, cus, "di@example.com", anchor, decline_class="soft", plan_id="price_pro")
     state = await handle.result()
 
     assert state.outcome == "exhausted"
@@ -200,6 +200,7 @@ async def test_exhaustion_cancels_once_through_the_provider_and_enters_bad_debt(
     (bad_debt,) = ledger(store, sub, "bad_debt.entered")
     assert bad_debt.data["decline_class"] == "soft"
     assert abs(bad_debt.data["days_in_dunning"] - 14) < 0.01
+    assert bad_debt.data["plan_id"] == "price_pro"
     assert get_entitlement(store, sub) == "canceled"
     assert store.get_subscription(sub).status == "canceled"
     attention = requires_attention(store, cus)

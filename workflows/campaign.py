@@ -279,6 +279,7 @@ class DunningCampaign:
                 status=status,
                 entitlement=entitlement if v2 else None,
                 decline_class=self._state.decline_class,
+                plan_id=inp.plan_id,
             ),
             **ACTIVITY,
         )

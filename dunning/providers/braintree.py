@@ -150,6 +150,7 @@ def parse_braintree(
         "occurred_at": _occurred_at(notification),
         "subscription_id": str(subscription_id),
         "subscription_status": _status(getattr(subscription, "status", None)),
+        "plan_id": _s(subscription, "plan_id"),
     }
     txn = _latest_transaction(subscription)
     if txn is not None:

@@ -66,6 +66,7 @@ class FakeData(BaseModel):
     decline_message: str | None = Field(default=None, max_length=500)
     attempt_count: int | None = Field(default=None, ge=0)
     amount_due: int | None = Field(default=None, ge=0)
+    plan_id: str | None = _id_field()
     currency: str | None = Field(default=None, pattern=r"^[A-Za-z]{3}$")
     next_provider_retry_at: datetime | None = None
     subscription_status: str | None = Field(default=None, max_length=32)

@@ -233,6 +233,21 @@ def stripe_decline_class(code: str | None, advice_code: str | None = None) -> De
     return found
 
 
+def invoice_plan(invoice: Json) -> str | None:
+    """The price (or, on older API versions, plan) of the invoice's first line."""
+    lines = invoice.get("lines")
+    first = (lines.get("data") or [None])[0] if isinstance(lines, dict) else None
+    if not isinstance(first, dict):
+        return None
+    pricing = first.get("pricing") if isinstance(first.get("pricing"), dict) else {}
+    price_details = pricing.get("price_details") if isinstance(pricing.get("price_details"), dict) else {}
+    return (
+        _id(first.get("price"))
+        or _id(first.get("plan"))
+        or _str(price_details.get("price"))
+    )
+
+
 def _invoice_event(kind: EventKind) -> Callable[[Json, Json], BillingEvent | Ignored]:
     def handle(event: Json, invoice: Json) -> BillingEvent | Ignored:
         subscription_id = invoice_subscription(invoice)
@@ -250,6 +265,7 @@ def _invoice_event(kind: EventKind) -> Callable[[Json, Json], BillingEvent | Ign
             "attempt_count": _int(invoice.get("attempt_count")),
             "amount_due": _int(invoice.get("amount_due")),
             "currency": currency.upper() if currency else None,
+            "plan_id": invoice_plan(invoice),
         }
         if kind in (EventKind.payment_failed, EventKind.payment_action_required):
             code, message, advice = invoice_decline(invoice)
