@@ -150,6 +150,7 @@ def test_payment_failed_older_api_shape() -> None:
         "amount_due": 4999,
         "currency": "USD",
         "subscription_status": None,
+        "plan_id": None,
     }
 
 
@@ -582,6 +583,7 @@ def test_braintree_decline_from_latest_transaction() -> None:
         "amount_due": 1200,  # JPY has no minor unit
         "currency": "JPY",
         "subscription_status": "past_due",
+        "plan_id": None,
     }
 
 

@@ -134,7 +134,7 @@ class DunningCampaign:
             if isinstance(due, journey.Done):  # pragma: no cover - exhaust always ends first
                 break
             self._state.next_step = NextStep(key=due.key, kind=due.kind, at=due.at)
-            workflow.set_current_details(journey.describe(due))
+            workflow.set_current_details(self._details(journey.describe(due)))
             if due.delay > timedelta(0):
                 await self._sleep(due.delay)
             if self._end is not None:
@@ -307,6 +307,14 @@ class DunningCampaign:
             await workflow.execute_activity("emit_outbound_event", event, result_type=int, **OUTBOUND)
         except ActivityError as err:  # bounded: recorded, the campaign goes on
             workflow.logger.error("outbound %s not delivered: %s", type_, err.cause)
+
+    def _details(self, text: str) -> str:
+        """Current details for the UI: what happens next, and anything ops must look at."""
+        if self._state.steps_unconfirmed:
+            text += f"\nUNCONFIRMED (claimed, send not confirmed; not resent): {', '.join(self._state.steps_unconfirmed)}"
+        if self._state.steps_failed:
+            text += f"\nFAILED (not sent): {', '.join(self._state.steps_failed)}"
+        return text
 
     def _stage(self, stage: str) -> None:
         self._state.stage = stage
