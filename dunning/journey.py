@@ -24,11 +24,11 @@ Nothing here reads a clock: `now` is passed in (the workflow passes `workflow.no
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from dunning import consequences
-from dunning.contracts import CampaignPlan, StepSpec
+from dunning.contracts import BillingEvent, CampaignPlan, EventKind, StepSpec
 
 EXHAUST = "exhaust"
 _ZERO = timedelta(0)
@@ -62,6 +62,22 @@ class Done:
 
 def boundary(anchor: datetime, after_days: float, day_seconds: float) -> datetime:
     return anchor + timedelta(seconds=after_days * day_seconds)
+
+
+def observe(situation: Situation, event: BillingEvent) -> Situation:
+    """What a later billing event changes in the campaign's situation."""
+    changes: dict = {}
+    if event.kind in (EventKind.payment_failed, EventKind.payment_action_required):
+        # the provider just tried the card: no engine catch-up charge for days before it
+        if situation.last_retry_at is None or event.occurred_at > situation.last_retry_at:
+            changes["last_retry_at"] = event.occurred_at
+        if event.decline_class:
+            changes["decline_class"] = event.decline_class
+    if event.amount_due is not None:
+        changes["amount_due"] = event.amount_due
+    if event.kind == EventKind.payment_method_updated:
+        changes["method_updated_at"] = event.occurred_at
+    return replace(situation, **changes)
 
 
 def lane_next(lane: Sequence[Due], now: datetime, handled: Collection[str]) -> Due | None:

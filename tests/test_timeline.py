@@ -141,3 +141,21 @@ def test_walking_from_the_anchor_skips_nothing_and_acts_on_time(p, situation):
         t += d.delay
         assert d.skipped == () and d.at == t  # each action exactly at its own time
         handled.add(d.key)
+
+
+def test_observe_a_later_billing_event():
+    from dunning.contracts import BillingEvent, EventKind
+    from dunning.journey import observe
+
+    at = ANCHOR + 2 * DAY
+
+    def event(kind, **kw):
+        return BillingEvent(provider="fake", event_id="e", event_type=kind.value, kind=kind, occurred_at=at, **kw)
+
+    s = Situation("soft")
+    failed = observe(s, event(EventKind.payment_failed, decline_class="hard", amount_due=900))
+    assert failed == Situation("hard", 900, None, at)
+    assert observe(failed, event(EventKind.payment_method_updated)).method_updated_at == at
+    older = BillingEvent(provider="fake", event_id="o", event_type="payment_failed", kind=EventKind.payment_failed, occurred_at=ANCHOR)
+    assert observe(failed, older).last_retry_at == at  # never moves back
+    assert observe(s, event(EventKind.invoice_voided)) == s

@@ -25,7 +25,6 @@ with workflow.unsafe.imports_passed_through():
         CampaignPlan,
         CampaignState,
         EntitlementChange,
-        EventKind,
         GuardRequest,
         GuardResult,
         NextStep,
@@ -97,19 +96,7 @@ class DunningCampaign:
             self._state.provider_attempts = event.attempt_count
         if event.invoice_id:
             self._invoice_id = event.invoice_id
-        if event.kind in (EventKind.payment_failed, EventKind.payment_action_required):
-            # the provider just tried the card: no engine catch-up charge for days before it
-            last = self._situation.last_retry_at
-            if last is None or event.occurred_at > last:
-                self._situation = replace(self._situation, last_retry_at=event.occurred_at)
-            if event.decline_class:
-                self._set_class(event.decline_class)
-        if event.amount_due is not None:
-            self._situation = replace(self._situation, amount_due=event.amount_due)
-            self._changed = True
-        if event.kind == EventKind.payment_method_updated:
-            self._situation = replace(self._situation, method_updated_at=event.occurred_at)
-            self._changed = True
+        self._observe(journey.observe(self._situation, event))
 
     @workflow.query
     def state(self) -> CampaignState:
@@ -153,7 +140,8 @@ class DunningCampaign:
             if v2 and self._end is not None:
                 break  # recovered or resolved while the guard ran: no charge, no cancel, no email
             handled.update(due.skipped)
-            self._state.steps_skipped.extend(k for k in due.skipped if "@" not in k and ":" not in k)
+            if due.kind == "email":  # skipped keys come from the due action's own lane
+                self._state.steps_skipped.extend(due.skipped)
             if due.kind == journey.EXHAUST:
                 if v2:
                     await self._terminal(inp)
@@ -173,11 +161,13 @@ class DunningCampaign:
         except TimeoutError:
             pass
 
-    def _set_class(self, decline_class: str) -> None:
-        if decline_class != self._situation.decline_class:
-            self._situation = replace(self._situation, decline_class=decline_class)
-            self._changed = True
-        self._state.decline_class = decline_class
+    def _observe(self, situation: journey.Situation) -> None:
+        if situation == self._situation:
+            return
+        if situation.decline_class != self._situation.decline_class:
+            self._state.decline_class = situation.decline_class
+        self._situation = situation
+        self._changed = True  # what is due may have changed: plan again
 
     async def _send(self, inp: CampaignInput, plan: CampaignPlan, due: journey.Due) -> None:
         req = StepRequest(
@@ -224,11 +214,11 @@ class DunningCampaign:
         self._state.retries.append(
             RetryRecord(key=due.key, at=workflow.now(), outcome=outcome.status, decline_class=outcome.decline_class)
         )
-        self._situation = replace(self._situation, last_retry_at=workflow.now())
+        self._situation = replace(self._situation, last_retry_at=workflow.now())  # not a re-plan trigger
         if outcome.status == "succeeded":
             self._end = ("recovered", f"payment retry {due.key} succeeded")
         elif outcome.decline_class:
-            self._set_class(outcome.decline_class)
+            self._observe(replace(self._situation, decline_class=outcome.decline_class))
 
     async def _consequence(self, inp: CampaignInput, due: journey.Due) -> None:
         previous = self._state.entitlement
