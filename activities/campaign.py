@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.attempt import attempt_token
+
 from dunning.config import Settings
 from dunning.contracts import (
     CampaignEnd,
@@ -63,11 +65,10 @@ class CampaignActivities:
     @activity.defn(name="send_step_email")
     async def send_step_email(self, req: StepRequest) -> StepOutcome:
         """Claim the step's row, then send. Never sends a step twice for one identity."""
-        info = activity.info()
         message_id = message_id_for(
             req.subscription_id, req.campaign_started_at, req.step_key, domain_of(self.settings.smtp_sender)
         )
-        token = f"{info.workflow_run_id}/{info.activity_id}/{info.attempt}"
+        token = attempt_token()
         state, owner = await asyncio.to_thread(
             self.store.claim_step,
             req.subscription_id,

@@ -10,6 +10,8 @@ from datetime import UTC, datetime
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.attempt import attempt_token
+
 from dunning.config import ConfigError, Settings
 from dunning.contracts import RetryOutcome, RetryRequest, TerminalRequest
 from dunning.providers.actions import ProviderError, provider_for
@@ -32,8 +34,7 @@ class PaymentActivities:
     @activity.defn(name="retry_payment")
     async def retry_payment(self, req: RetryRequest) -> RetryOutcome:
         idem = idempotency_key(req.subscription_id, req.campaign_started_at, req.retry_key)
-        info = activity.info()
-        token = f"{info.workflow_run_id}/{info.activity_id}/{info.attempt}"
+        token = attempt_token()
 
         def run() -> RetryOutcome:
             if not self._claim(req.subscription_id, req.campaign_started_at, req.retry_key, idem, token):
