@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -18,7 +18,6 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
-from typing_extensions import Annotated
 
 from dunning.contracts import DECLINE_CLASSES, CampaignPlan, ConsequenceRule, RetryPolicy, StepSpec
 
@@ -53,10 +52,64 @@ def default_retry_policies() -> dict[str, RetryPolicy]:
 
 def default_ladder() -> list[ConsequenceRule]:
     return [
-        ConsequenceRule(level="suspended", min_days=14),
+        # most severe first; each rung holds at least a day before exhaustion at grace_days = 14
+        ConsequenceRule(level="suspended", min_days=10),
         ConsequenceRule(level="limited", min_days=7),
         ConsequenceRule(level="full", min_days=0),
     ]
+
+
+def _first_match(ladder: list[ConsequenceRule], days: float, decline_class: str, amount_due: int | None) -> int | None:
+    """Index of the rung `dunning.consequences.level_at` picks (first whose conditions hold)."""
+    for i, rule in enumerate(ladder):
+        if days < rule.min_days:
+            continue
+        if rule.decline_class is not None and rule.decline_class != decline_class:
+            continue
+        if rule.min_amount_due is not None and (amount_due is None or amount_due < rule.min_amount_due):
+            continue
+        return i
+    return None
+
+
+def _rung(i: int, rule: ConsequenceRule) -> str:
+    return f"campaign.consequences[{i}], level {rule.level!r}, min_days {rule.min_days:g}"
+
+
+def _unreachable_rung(ladder: list[ConsequenceRule], grace_days: float) -> str | None:
+    """The first rung that can never hold before exhaustion, as a refusal message; else None.
+
+    Every condition is monotone (days >=, amount >=), so trying each decline class, the
+    amounts None / 0 / the rung's own min_amount_due / a very large one, and the days from
+    the rung's min_days up to grace_days at which the ladder can change is enough.
+    """
+    for i, rule in enumerate(ladder):
+        head = f"campaign.consequences[{i}] (level {rule.level!r}, min_days {rule.min_days:g}): can never hold"
+        if rule.min_days >= grace_days:
+            return f"{head}: the campaign is exhausted at grace_days = {grace_days:g}"
+        days = sorted({rule.min_days, *(r.min_days for r in ladder if rule.min_days <= r.min_days < grace_days)})
+        amounts = (None, 0, rule.min_amount_due, 10**18)
+        winners: list[int] = []
+        reachable = False
+        for day in days:
+            for cls_ in DECLINE_CLASSES:
+                for amount in amounts:
+                    won = _first_match(ladder, day, cls_, amount)
+                    if won == i:
+                        reachable = True
+                        break
+                    if won is not None and won < i and won not in winners:
+                        winners.append(won)
+                if reachable:
+                    break
+            if reachable:
+                break
+        if not reachable:
+            named = "; ".join(_rung(w, ladder[w]) for w in sorted(winners))
+            if len(winners) == 1:
+                return f"{head}: an earlier rung ({named}) always wins"
+            return f"{head}: earlier rungs ({named}) always win"
+    return None
 
 
 class ProviderPolicy(BaseModel):
@@ -138,6 +191,10 @@ class CampaignSettings(BaseModel):
         for i, level in enumerate(levels):
             if not _KEY.match(level):
                 raise ValueError(f"campaign.consequences[{i}].level = {level!r}: must be lowercase letters, digits and _")
+        # at grace_days = 0 the campaign is exhausted as it begins: no rung, not even the
+        # required catch-all, can hold, so there is nothing to refuse a rung for
+        if self.grace_days > 0 and (unreachable := _unreachable_rung(self.consequences, self.grace_days)):
+            raise ValueError(unreachable)
         return self
 
 

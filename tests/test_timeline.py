@@ -51,8 +51,8 @@ def test_soft_decline_default_timeline():
         (5, "email", "reminder"),
         (7, "retry", "retry@7d"),
         (7, "consequence", "limited"),
+        (10, "consequence", "suspended"),
         (12, "email", "final_notice"),
-        (14, "consequence", "suspended"),
         (14, EXHAUST, EXHAUST),
     ]
 
@@ -85,7 +85,7 @@ def test_ladder_first_match_wins_with_class_and_amount_conditions():
     assert consequences.level_at(ladder, 1, "hard", 20_000) == "limited"
     assert consequences.level_at(ladder, 1, "soft", None) == "full"
     assert consequences.changes(ladder, "hard", 20_000, 14) == [(0, "limited"), (3, "suspended")]
-    assert consequences.changes(default_ladder(), "soft", None, 14) == [(7, "limited"), (14, "suspended")]
+    assert consequences.changes(default_ladder(), "soft", None, 14) == [(7, "limited"), (10, "suspended")]
 
 
 days = st.floats(min_value=0, max_value=30, allow_nan=False).map(lambda x: round(x, 2))
@@ -102,7 +102,7 @@ def plans(draw):
         for c in ("soft", "hard", "action_required", "unknown")
     }
     rungs = draw(st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), days, st.sampled_from([None, "soft", "hard"]), st.sampled_from([None, 500])), max_size=4))
-    ladder = [ConsequenceRule(level=l, min_days=m, decline_class=c, min_amount_due=a) for l, m, c, a in rungs]
+    ladder = [ConsequenceRule(level=lv, min_days=m, decline_class=c, min_amount_due=a) for lv, m, c, a in rungs]
     ladder.append(ConsequenceRule(level="full"))
     return CampaignPlan(
         steps=steps, grace_days=grace, day_seconds=draw(st.sampled_from([1.0, 86400.0])),
