@@ -1,8 +1,10 @@
 """Thin activities of the campaign workflow: each does one effect (database or SMTP).
 
-Database calls are synchronous SQLAlchemy and run in a thread so the worker's event
-loop stays free. Retries are the workflow's retry policy: an SMTP or database outage
-delays a step, it does not lose it.
+Each effect claims its row in the same transaction that checks the campaign is still
+the subscription's (dunning.store.campaign_writes); a stale one answers `superseded` and
+does nothing. Database calls are synchronous SQLAlchemy and run in a thread so the
+worker's event loop stays free. Retries are the workflow's retry policy: an SMTP or
+database outage delays a step, it does not lose it.
 """
 
 from __future__ import annotations
@@ -14,24 +16,28 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.attempt import attempt_token
-
 from dunning.config import Settings
 from dunning.contracts import (
     CampaignEnd,
     CampaignInput,
     CampaignPlan,
+    EffectOutcome,
     EntitlementChange,
-    GuardRequest,
-    GuardResult,
     StepOutcome,
     StepRequest,
+    Superseded,
 )
 from dunning.email.message import build_message, domain_of, message_id_for
 from dunning.email.render import render
 from dunning.email.sender import SmtpError, send_message
-from dunning.consequences import guard_decision
-from dunning.store.entitlements import set_entitlement
+from dunning.ending import Stale
+from dunning.store import campaign_writes
 from dunning.store.store import Store
+
+
+def superseded(stale: Stale) -> Superseded:
+    return Superseded(outcome=stale.outcome, reason=stale.reason, kind=stale.kind)
+
 
 class CampaignActivities:
     def __init__(self, settings: Settings, store: Store) -> None:
@@ -40,10 +46,10 @@ class CampaignActivities:
 
     @activity.defn(name="begin_campaign")
     async def begin_campaign(self, inp: CampaignInput, at: datetime) -> CampaignPlan:
-        """Mark the subscription past_due with this anchor and open the ledger."""
+        """Open the ledger and fix the plan into history. The projection (status, anchor)
+        was written by the billing event that started the campaign, not here."""
 
         def write() -> None:
-            self.store.begin_dunning(inp.subscription_id, inp.customer_id, inp.provider, inp.failed_at)
             self.store.record_event(
                 "dunning.campaign_started",
                 inp.subscription_id,
@@ -54,23 +60,19 @@ class CampaignActivities:
             )
 
         await asyncio.to_thread(write)
-        return self.settings.plan(inp.provider)
-
-    @activity.defn(name="check_campaign_guard")
-    async def check_guard(self, req: GuardRequest) -> GuardResult:
-        """Reload the subscription: is this campaign identity still wanted?"""
-        sub = await asyncio.to_thread(self.store.get_subscription, req.subscription_id)
-        return guard_decision(sub, req.campaign_started_at)
+        return self.settings.plan(inp.provider).model_copy(update={"outbound": bool(self.settings.outbound_urls)})
 
     @activity.defn(name="send_step_email")
     async def send_step_email(self, req: StepRequest) -> StepOutcome:
-        """Claim the step's row, then send. Never sends a step twice for one identity."""
+        """Check and claim the step's row in one transaction, then send. Never sends a step
+        twice for one identity, nor for a campaign that is no longer the subscription's."""
         message_id = message_id_for(
             req.subscription_id, req.campaign_started_at, req.step_key, domain_of(self.settings.smtp_sender)
         )
         token = attempt_token()
-        state, owner = await asyncio.to_thread(
-            self.store.claim_step,
+        claim = await asyncio.to_thread(
+            campaign_writes.claim_effect,
+            self.store,
             req.subscription_id,
             req.campaign_started_at,
             req.step_key,
@@ -78,6 +80,11 @@ class CampaignActivities:
             token,
             datetime.now(UTC),
         )
+        state, owner = claim.state, claim.owner
+        if claim.stale is not None:
+            return StepOutcome(
+                step_key=req.step_key, status="superseded", message_id=message_id, superseded=superseded(claim.stale)
+            )
         if state == "sent":
             return StepOutcome(step_key=req.step_key, status="already_sent", message_id=message_id)
         if owner != token:
@@ -144,61 +151,19 @@ class CampaignActivities:
         )
 
     @activity.defn(name="change_entitlement")
-    async def change_entitlement(self, change: EntitlementChange) -> None:
-        """The campaign moves the subscription along the consequence ladder."""
-
-        def write() -> None:
-            set_entitlement(self.store, change.subscription_id, change.level)
-            self.store.record_event(
-                "dunning.consequence_changed",
-                change.subscription_id,
-                change.customer_id,
-                change.campaign_started_at,
-                occurred_at=change.at,
-                step_key=change.key,
-                data={"level": change.level, "previous": change.previous},
-            )
-
-        await asyncio.to_thread(write)
+    async def change_entitlement(self, change: EntitlementChange) -> EffectOutcome:
+        """The campaign moves the subscription along the consequence ladder (checked and
+        applied in one transaction)."""
+        stale = await asyncio.to_thread(campaign_writes.change_entitlement, self.store, change)
+        if stale is not None:
+            return EffectOutcome(status="superseded", superseded=superseded(stale))
+        return EffectOutcome(status="done", detail=change.level)
 
     @activity.defn(name="finish_campaign")
-    async def finish_campaign(self, end: CampaignEnd) -> None:
-        """Ledger rows for the outcome; entitlement; clear the anchor if still this campaign's."""
-
-        def write() -> None:
-            self.store.record_event(
-                f"dunning.{end.outcome}",
-                end.subscription_id,
-                end.customer_id,
-                end.campaign_started_at,
-                occurred_at=end.at,
-                data={"reason": end.reason[:200]},
-            )
-            if end.outcome == "exhausted":
-                days = (end.at - end.campaign_started_at).total_seconds() / self.settings.day_seconds
-                self.store.record_event(
-                    "bad_debt.entered",
-                    end.subscription_id,
-                    end.customer_id,
-                    end.campaign_started_at,
-                    occurred_at=end.at,
-                    data={
-                        "decline_class": end.decline_class,
-                        "days_in_dunning": round(days, 2),
-                        "plan_id": end.plan_id,
-                    },
-                )
-            if self.store.end_dunning(end.subscription_id, end.campaign_started_at, end.status):
-                if end.entitlement is not None:  # only while this campaign still owns the subscription
-                    set_entitlement(self.store, end.subscription_id, end.entitlement)
-
-        await asyncio.to_thread(write)
+    async def finish_campaign(self, end: CampaignEnd) -> str:
+        """The campaign's end in one idempotent transaction; returns the entitlement it leaves."""
+        _, level = await asyncio.to_thread(campaign_writes.finish_campaign, self.store, end, self.settings.day_seconds)
+        return level
 
     def all(self) -> list:
-        return [
-            self.begin_campaign,
-            self.check_guard,
-            self.send_step_email,
-            self.change_entitlement,
-            self.finish_campaign,
-        ]
+        return [self.begin_campaign, self.send_step_email, self.change_entitlement, self.finish_campaign]

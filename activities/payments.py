@@ -1,6 +1,8 @@
 """Payment effects through the provider: an engine-driven retry, and the terminal action
-on exhaustion. Each is claimed before the provider is called, so a crash between the
-call and its record never charges or cancels twice blindly."""
+on exhaustion. Each is claimed, in the same transaction that checks the subscription is
+still past_due with this campaign's anchor, before the provider is called: a customer who
+paid is never charged or cancelled afterwards, and a crash between the call and its
+record never charges or cancels twice blindly."""
 
 from __future__ import annotations
 
@@ -11,11 +13,12 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.attempt import attempt_token
-
+from activities.campaign import superseded
 from dunning.config import ConfigError, Settings
-from dunning.contracts import RetryOutcome, RetryRequest, TerminalRequest
+from dunning.contracts import EffectOutcome, RetryOutcome, RetryRequest, TerminalRequest
 from dunning.providers.actions import ProviderError, provider_for
-from dunning.store.store import Store
+from dunning.store import campaign_writes
+from dunning.store.store import EffectClaim, Store
 
 
 def idempotency_key(subscription_id: str, campaign_started_at: datetime, key: str) -> str:
@@ -27,9 +30,8 @@ class PaymentActivities:
         self.settings = settings
         self.store = store
 
-    def _claim(self, sub: str, started: datetime, key: str, idem: str, token: str) -> bool:
-        state, owner = self.store.claim_step(sub, started, key, idem, token, datetime.now(UTC))
-        return state != "sent" and owner == token
+    def _claim(self, sub: str, started: datetime, key: str, idem: str, token: str) -> EffectClaim:
+        return campaign_writes.claim_effect(self.store, sub, started, key, idem, token, datetime.now(UTC))
 
     @activity.defn(name="retry_payment")
     async def retry_payment(self, req: RetryRequest) -> RetryOutcome:
@@ -37,13 +39,16 @@ class PaymentActivities:
         token = attempt_token()
 
         def run() -> RetryOutcome:
-            if not self._claim(req.subscription_id, req.campaign_started_at, req.retry_key, idem, token):
+            claim = self._claim(req.subscription_id, req.campaign_started_at, req.retry_key, idem, token)
+            if claim.stale is not None:  # paid or resolved meanwhile: no charge
+                return RetryOutcome(retry_key=req.retry_key, status="superseded", superseded=superseded(claim.stale))
+            if claim.state == "sent" or claim.owner != token:
                 # Done before (return its recorded result), or claimed by an attempt that
                 # died mid-call: never charge again blindly.
                 for e in self.store.events(req.subscription_id, req.campaign_started_at):
                     if e.type == "dunning.retry_attempted" and e.step_key == req.retry_key:
                         fields = ("status", "decline_code", "decline_class")
-                        return RetryOutcome(retry_key=req.retry_key, **{k: e.data.get(k) for k in fields})
+                        return RetryOutcome(retry_key=req.retry_key, **{k: e.data.get(k) for k in fields})  # type: ignore[arg-type]
                 return RetryOutcome(retry_key=req.retry_key, status="unconfirmed")
             provider = provider_for(req.provider, self.settings, self.store)
             try:
@@ -77,20 +82,32 @@ class PaymentActivities:
             raise ApplicationError(str(err), type="ConfigError", non_retryable=True) from err
 
     @activity.defn(name="terminal_action")
-    async def terminal_action(self, req: TerminalRequest) -> str:
-        """Cancel (or mark unpaid) through the provider, once. Failures retry and show
-        in the UI; they never leave the campaign half-ended."""
+    async def terminal_action(self, req: TerminalRequest) -> EffectOutcome:
+        """Cancel (or mark unpaid) through the provider, once, and only while the
+        subscription is still past_due with this anchor. Failures retry and show in the
+        UI; they never leave the campaign half-ended. An attempt that finds another's
+        unconfirmed claim calls again with the same idempotency key (the provider dedupes)."""
         if req.action == "none":
-            return "none"
+            return EffectOutcome(status="none", detail="none")
         idem = idempotency_key(req.subscription_id, req.campaign_started_at, "terminal")
+        token = attempt_token()
 
-        def run() -> str:
+        def run() -> EffectOutcome:
+            claim = self._claim(req.subscription_id, req.campaign_started_at, "terminal", idem, token)
+            if claim.stale is not None:
+                return EffectOutcome(status="superseded", superseded=superseded(claim.stale))
+            if claim.state == "sent":
+                return EffectOutcome(status="done", detail=f"{req.action}: done before")
             provider = provider_for(req.provider, self.settings, self.store)
             if req.action == "cancel":
                 status = provider.cancel_subscription(req.subscription_id, idem)
             else:
                 status = provider.mark_unpaid(req.subscription_id, req.invoice_id, idem)
-            return f"{req.action}: {status}"
+            self.store.mark_step_sent(
+                req.subscription_id, req.customer_id, req.campaign_started_at, "terminal", idem,
+                datetime.now(UTC), ledger_type=None,
+            )  # fmt: skip
+            return EffectOutcome(status="done", detail=f"{req.action}: {status}")
 
         try:
             return await asyncio.to_thread(run)

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from datetime import datetime
-
-from dunning.contracts import ConsequenceRule, GuardResult
+from dunning.contracts import ConsequenceRule
 
 START_LEVEL = "full"
 
@@ -42,25 +40,3 @@ def changes(
             out.append((days, level))
             current = level
     return out
-
-
-def end_state(outcome: str, reason: str, on_exhaustion: str) -> tuple[str, str]:
-    """(subscription status, entitlement) a campaign leaves behind."""
-    if outcome == "recovered":
-        return "active", START_LEVEL  # restored at once
-    if outcome == "resolved":  # nothing more is owed through this campaign
-        return ("canceled" if "cancel" in reason else "active"), START_LEVEL
-    return ("unpaid" if on_exhaustion == "mark_unpaid" else "canceled"), "canceled"
-
-
-def guard_decision(sub, campaign_started_at: datetime) -> GuardResult:
-    """Is the campaign begun at `campaign_started_at` still wanted, given the projection?"""
-    if sub is None:
-        return GuardResult(proceed=False, reason="subscription not found", outcome="resolved")
-    if sub.status == "active":
-        return GuardResult(proceed=False, reason="subscription is active", outcome="recovered")
-    if sub.status != "past_due":  # canceled, uncollectible, unpaid: ended without payment
-        return GuardResult(proceed=False, reason=f"subscription is {sub.status}", outcome="resolved")
-    if sub.dunning_campaign_started_at != campaign_started_at:
-        return GuardResult(proceed=False, reason="campaign anchor changed", outcome="resolved")
-    return GuardResult(proceed=True)

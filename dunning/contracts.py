@@ -11,7 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-Outcome = Literal["running", "recovered", "resolved", "exhausted"]
+Outcome = Literal["running", "recovered", "resolved", "exhausted", "recovered_after_cancel"]
+EndOutcome = Literal["recovered", "resolved", "exhausted", "recovered_after_cancel"]
 
 
 class StepSpec(BaseModel):
@@ -57,6 +58,7 @@ class CampaignPlan(BaseModel):
     retry_policies: dict[str, RetryPolicy] = Field(default_factory=dict)
     ladder: list[ConsequenceRule] = Field(default_factory=list)
     on_exhaustion: Literal["cancel", "mark_unpaid", "none"] = "none"
+    outbound: bool = False  # a receiver is configured: emit outbound events
 
 
 class CampaignInput(BaseModel):
@@ -70,6 +72,9 @@ class CampaignInput(BaseModel):
     decline_class: DeclineClass | None = None
     amount_due: int | None = None
     plan_id: str | None = None
+    # This run only records a payment that arrived after the exhausted campaign begun at
+    # `failed_at` had its terminal action run (ends recovered_after_cancel at once).
+    after_cancel: bool = False
 
 
 class StepRequest(BaseModel):
@@ -84,25 +89,22 @@ class StepRequest(BaseModel):
     grace_ends_at: datetime
 
 
-class GuardRequest(BaseModel):
-    subscription_id: str
-    campaign_started_at: datetime
-
-
 class StepOutcome(BaseModel):
     """What the email activity did for one step."""
 
     step_key: str
-    status: Literal["sent", "already_sent", "unconfirmed"]
+    status: Literal["sent", "already_sent", "unconfirmed", "superseded"]
     message_id: str
+    superseded: Superseded | None = None
 
 
-class GuardResult(BaseModel):
-    """Cancel-guard: is the campaign still wanted?"""
+class Superseded(BaseModel):
+    """An effect found, in its own claim transaction, that the subscription is no longer
+    past_due with this campaign's anchor: nothing was done, and this is why."""
 
-    proceed: bool
-    reason: str = ""
-    outcome: Outcome = "recovered"  # how the campaign ends when it must not proceed
+    outcome: Literal["recovered", "resolved"]
+    reason: str
+    kind: str = ""  # the projection status that superseded it (active, canceled, ...)
 
 
 class RetryRequest(BaseModel):
@@ -117,9 +119,10 @@ class RetryRequest(BaseModel):
 
 class RetryOutcome(BaseModel):
     retry_key: str
-    status: Literal["succeeded", "declined", "unconfirmed"]
+    status: Literal["succeeded", "declined", "unconfirmed", "superseded"]
     decline_code: str | None = None
     decline_class: DeclineClass | None = None
+    superseded: Superseded | None = None
 
 
 class RetryRecord(BaseModel):
@@ -139,6 +142,14 @@ class EntitlementChange(BaseModel):
     at: datetime
 
 
+class EffectOutcome(BaseModel):
+    """A consequence change or terminal action: done (with a detail), or superseded."""
+
+    status: Literal["done", "superseded", "none"]
+    detail: str = ""
+    superseded: Superseded | None = None
+
+
 class TerminalRequest(BaseModel):
     subscription_id: str
     customer_id: str
@@ -151,7 +162,9 @@ class TerminalRequest(BaseModel):
 class OutboundEvent(BaseModel):
     """What host apps receive (signed): ids and bounded values only."""
 
-    type: Literal["campaign_started", "consequence_changed", "recovered", "resolved", "exhausted"]
+    type: Literal[
+        "campaign_started", "consequence_changed", "recovered", "resolved", "exhausted", "recovered_after_cancel"
+    ]
     subscription_id: str
     customer_id: str
     campaign_started_at: datetime
@@ -189,18 +202,56 @@ class CampaignState(BaseModel):
 
 
 class CampaignEnd(BaseModel):
-    """Passed to the finish activity: how the campaign ended."""
+    """Passed to the finish activity: how the campaign ended. The store derives the
+    entitlement and the projection's end from it (dunning.ending.end_state)."""
 
     subscription_id: str
     customer_id: str
     campaign_started_at: datetime
-    outcome: Outcome
+    outcome: EndOutcome
     reason: str = ""
+    kind: str = ""  # what resolved it: invoice_voided, invoice_marked_uncollectible, subscription_canceled
     at: datetime
-    status: str = "active"  # the subscription status to leave behind
-    entitlement: str | None = None  # the level to leave the subscription at (None: unchanged)
+    on_exhaustion: Literal["cancel", "mark_unpaid", "none"] = "none"
     decline_class: str | None = None
     plan_id: str | None = None
+
+
+class Resolution(BaseModel):
+    """The `resolve` signal: ended without payment, and by what."""
+
+    kind: str  # EventKind value, or "superseded"
+    reason: str
+
+
+class RecoverRequest(BaseModel):
+    """The payment service's `recover` Update: ids and bounded words only."""
+
+    event_id: str = Field(min_length=1, max_length=255)
+    reason: str = Field(default="payment recovered", max_length=200)
+
+
+class RecoverResult(BaseModel):
+    """What the campaign really did with a recovery: `recovered`, `recovered_after_cancel`,
+    or `already_ended` (then `outcome` says how it had ended)."""
+
+    status: Literal["recovered", "recovered_after_cancel", "already_ended", "no_campaign"]
+    outcome: Outcome | None = None
+    subscription_id: str
+    campaign_started_at: datetime | None = None
+
+
+class AttachRequest(BaseModel):
+    """Update-with-start from the dispatcher: the failure that (re)starts a campaign.
+    The running campaign applies it only if it has the same anchor."""
+
+    event: BillingEvent
+    anchor: datetime
+
+
+class AttachResult(BaseModel):
+    campaign_started_at: datetime  # the running campaign's anchor
+    applied: bool
 
 
 class EventKind(StrEnum):
@@ -212,6 +263,7 @@ class EventKind(StrEnum):
     invoice_voided = "invoice_voided"
     subscription_canceled = "subscription_canceled"
     bad_debt_paid = "bad_debt_paid"
+    payment_recovered = "payment_recovered"  # from the payment service
     drift_detected = "drift_detected"
     recompute_requested = "recompute_requested"
 
@@ -242,6 +294,7 @@ class BillingEvent(BaseModel):
     currency: str | None = None
     plan_id: str | None = None  # the provider's plan / price / product id
     subscription_status: str | None = None  # provider status after the event, if given
+    note: str | None = Field(default=None, max_length=200)  # the payment service's reason (words, no people)
 
     def for_workflow(self) -> BillingEvent:
         """The same event without personal data, safe for a workflow signal."""

@@ -11,6 +11,9 @@ must do about it.
     recover  payment_succeeded / bad_debt_paid while past_due: status active, anchor cleared
     resolve  invoice_voided / invoice_marked_uncollectible / subscription_canceled while
              past_due: the campaign ends resolved; the anchor is cleared
+    late_payment  a payment for a subscription whose last campaign was exhausted and its
+             terminal action ran (status canceled / unpaid): the campaign identity ends
+             `recovered_after_cancel` so the host can reactivate; the status stays
     none     nothing to tell a campaign (the projection may still change)
     stale    the event is older than the last one applied: nothing changes, nothing happens
 
@@ -46,8 +49,8 @@ from pydantic import BaseModel, ConfigDict
 
 from dunning.contracts import BillingEvent, EventKind
 
-Action = Literal["start", "update", "recover", "resolve", "none", "stale"]
-ACTIONS: tuple[Action, ...] = ("start", "update", "recover", "resolve", "none", "stale")
+Action = Literal["start", "update", "recover", "resolve", "late_payment", "none", "stale"]
+ACTIONS: tuple[Action, ...] = ("start", "update", "recover", "resolve", "late_payment", "none", "stale")
 
 PAST_DUE = "past_due"
 CANCELED = "canceled"
@@ -55,7 +58,8 @@ ACTIVE = "active"
 UNCOLLECTIBLE = "uncollectible"
 
 FAILURES = frozenset({EventKind.payment_failed, EventKind.payment_action_required})
-PAYMENTS = frozenset({EventKind.payment_succeeded, EventKind.bad_debt_paid})
+PAYMENTS = frozenset({EventKind.payment_succeeded, EventKind.bad_debt_paid, EventKind.payment_recovered})
+UNPAID = "unpaid"
 ENDINGS: dict[EventKind, str] = {
     EventKind.invoice_voided: ACTIVE,
     EventKind.invoice_marked_uncollectible: UNCOLLECTIBLE,
@@ -72,12 +76,22 @@ STATUS_OF: dict[EventKind, str] = {
 class Current(Protocol):
     """What `decide` reads of the stored projection (`dunning.store.store.Subscription`)."""
 
-    customer_id: str
-    provider: str
-    status: str
-    dunning_campaign_started_at: datetime | None
-    decline_class: str | None
-    last_event_at: datetime | None
+    @property
+    def customer_id(self) -> str: ...
+    @property
+    def provider(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def dunning_campaign_started_at(self) -> datetime | None: ...
+    @property
+    def decline_class(self) -> str | None: ...
+    @property
+    def last_event_at(self) -> datetime | None: ...
+    @property
+    def last_outcome(self) -> str | None: ...  # how the last ended campaign ended (written by its end)
+    @property
+    def last_campaign_started_at(self) -> datetime | None: ...  # that campaign's anchor
 
 
 class Decision(BaseModel):
@@ -98,27 +112,31 @@ class Decision(BaseModel):
     provider: str
     reason: str = ""
     write: bool = True
+    kind: str = ""  # the event kind that decided it (a resolve says what resolved it)
+    anchor_before: datetime | None = None  # the campaign a late payment belongs to
 
 
 def decide(current: Current | None, event: BillingEvent) -> Decision:
     """The new projection values for `event` and what to do. Reads no clock."""
     if not event.subscription_id:
         raise ValueError(f"event {event.event_id!r} names no subscription")
+    sub_id: str = event.subscription_id
     customer_id = event.customer_id or (current.customer_id if current else None) or event.subscription_id
     reason = _reason(event)
+    kind_s = event.kind.value if event.kind else ""
 
     def keep(action: Action) -> Decision:
         if current is None:
             return Decision(
-                action=action, subscription_id=event.subscription_id, status=ACTIVE, anchor=None,
+                action=action, subscription_id=sub_id, status=ACTIVE, anchor=None,
                 last_event_at=None, decline_class=None, customer_id=customer_id, provider=event.provider,
-                reason=reason, write=False,
+                reason=reason, write=False, kind=kind_s,
             )  # fmt: skip
         return Decision(
-            action=action, subscription_id=event.subscription_id, status=current.status,
+            action=action, subscription_id=sub_id, status=current.status,
             anchor=current.dunning_campaign_started_at, last_event_at=current.last_event_at,
             decline_class=current.decline_class, customer_id=current.customer_id, provider=current.provider,
-            reason=reason, write=False,
+            reason=reason, write=False, kind=kind_s,
         )  # fmt: skip
 
     kind = event.kind
@@ -136,13 +154,24 @@ def decide(current: Current | None, event: BillingEvent) -> Decision:
 
     newest = event.occurred_at if last is None else max(last, event.occurred_at)
 
+    # the payment service names no provider of its own: the subscription keeps its provider
+    provider = current.provider if current is not None and kind is EventKind.payment_recovered else event.provider
+
     def write(action: Action, status: str, anchor: datetime | None, decline_class: str | None) -> Decision:
         return Decision(
-            action=action, subscription_id=event.subscription_id, status=status, anchor=anchor,
+            action=action, subscription_id=sub_id, status=status, anchor=anchor,
             last_event_at=newest, decline_class=decline_class, customer_id=customer_id,
-            provider=event.provider, reason=reason,
+            provider=provider, reason=reason, kind=kind_s,
         )  # fmt: skip
 
+    if (
+        kind in PAYMENTS
+        and current is not None
+        and current.last_outcome == "exhausted"
+        and current.status in (CANCELED, UNPAID)
+    ):  # paid after the terminal action: the status stays; the ended campaign records it
+        late = write("late_payment", current.status, None, None)
+        return late.model_copy(update={"anchor_before": current.last_campaign_started_at})
     if status_before == CANCELED:  # terminal: nothing reopens it
         return write("none", CANCELED, None, None)
     if kind in FAILURES:
@@ -156,5 +185,23 @@ def decide(current: Current | None, event: BillingEvent) -> Decision:
 
 
 def _reason(event: BillingEvent) -> str:
+    if event.note:
+        return event.note[:200]
     what = event.kind.value if event.kind else "event"
     return f"{what}: {event.provider} {event.event_type[:100]} {event.event_id[:100]}"
+
+
+def decide_end(current: Current | None, anchor: datetime, outcome: str, status: str) -> Decision | None:
+    """The projection after the campaign begun at `anchor` ended with `outcome`, leaving
+    `status` (dunning.ending.end_state). None: nothing to write, because a newer billing
+    event already decided the status (the anchor is no longer this campaign's)."""
+    if current is None:
+        return None
+    after_cancel = outcome == "recovered_after_cancel" and current.dunning_campaign_started_at is None
+    if not after_cancel and (current.dunning_campaign_started_at != anchor or current.status != PAST_DUE):
+        return None  # a newer event decided; but a cancel that ran at the provider stays true
+    return Decision(
+        action="none", subscription_id="", status=status, anchor=None, last_event_at=current.last_event_at,
+        decline_class=None, customer_id=current.customer_id, provider=current.provider,
+        reason=f"campaign ended {outcome}",
+    )  # fmt: skip

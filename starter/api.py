@@ -3,7 +3,8 @@
     POST /webhooks/stripe        Stripe-Signature header          (DUNNING_STRIPE_WEBHOOK_SECRET)
     POST /webhooks/braintree     bt_signature, bt_payload form    (DUNNING_BRAINTREE_*)
     POST /webhooks/fake          X-Dunning-Signature header       (DUNNING_FAKE_WEBHOOK_SECRET)
-    POST /v1/subscriptions/{id}/payment-recovered   Bearer DUNNING_API_TOKEN; {"reason": "..."}
+    POST /v1/subscriptions/{id}/payment-recovered   Bearer DUNNING_API_TOKEN; {"reason": "..."};
+                                                    Idempotency-Key header (a repeat answers the same)
     GET  /v1/subscriptions/{id}/campaign            Bearer DUNNING_API_TOKEN
     GET  /healthz   the process is up
     GET  /readyz    database and Temporal reachable (503 naming which is not)
@@ -32,7 +33,7 @@ from sqlalchemy.exc import OperationalError
 from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
 
 from dunning.config import Settings
-from dunning.store.entitlements import requires_attention
+from dunning.store.entitlements import entitlement_of, requires_attention
 from dunning.store.store import Store
 from starter.api_metrics import WebhookCounter
 from starter.client import DunningClient, UnknownSubscription
@@ -135,10 +136,13 @@ def create_app(
         if isinstance(reason, JSONResponse):
             return reason
 
+        key = request.headers.get("idempotency-key")
+        if key is not None and not (0 < len(key) <= MAX_ID and key.isprintable()):
+            return error(400, "bad_request", f"Idempotency-Key must be 1 to {MAX_ID} printable characters")
+
         async def call(client: DunningClient) -> JSONResponse:
-            signalled = await client.payment_recovered(subscription_id, reason or "payment recovered")
-            status = "recovered" if signalled else "not_running"
-            return JSONResponse({"status": status, "subscription_id": subscription_id})
+            answer = await client.payment_recovered(subscription_id, reason or "payment recovered", key)
+            return JSONResponse(answer.model_dump(mode="json"))
 
         return await _with_temporal(gate, subscription_id, call, dispatch_timeout)
 
@@ -166,6 +170,8 @@ def create_app(
         if refused is not None:
             return refused
         found = await asyncio.to_thread(requires_attention, store, customer_id, settings.attention_message)
+        if found is None:
+            return error(404, "unknown_customer", f"customer {customer_id!r} has no subscription known to the engine")
         return JSONResponse(
             {
                 "customer_id": customer_id,
@@ -181,16 +187,19 @@ def create_app(
         refused = _authorize(request, settings) or _check_id(subscription_id)
         if refused is not None:
             return refused
-        sub = await asyncio.to_thread(store.get_subscription, subscription_id)
+        sub = await asyncio.to_thread(entitlement_of, store, subscription_id, settings.attention_message)
         if sub is None:
             return error(404, "unknown_subscription", f"subscription {subscription_id!r} is not known to the engine")
         return JSONResponse(
             {
-                "subscription_id": sub.id,
+                "subscription_id": sub.subscription_id,
                 "customer_id": sub.customer_id,
                 "entitlement": sub.entitlement,
                 "status": sub.status,
-                "in_dunning": sub.dunning_campaign_started_at is not None,
+                "in_dunning": sub.in_dunning,
+                "requires_attention": sub.requires_attention,
+                "message": sub.message,
+                "last_outcome": sub.last_outcome,
             }
         )
 
@@ -264,6 +273,8 @@ async def _reason(request: Request) -> str | None | JSONResponse:
     reason = data.get("reason")
     if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON):
         return error(400, "malformed_body", f"reason must be a string of at most {MAX_REASON} characters")
+    if reason is not None and "@" in reason:
+        return error(400, "malformed_body", "reason must not carry an email address (ids and words only)")
     return reason
 
 
@@ -277,7 +288,7 @@ async def _with_temporal(
         client = await gate.get()
         return await asyncio.wait_for(call(client), timeout)
     except UnknownSubscription:
-        return error(404, "unknown_subscription", f"subscription {subscription_id!r} never had a dunning campaign")
+        return error(404, "unknown_subscription", f"subscription {subscription_id!r} is not known to the engine")
     except Exception as err:
         if not is_unavailable(err):
             raise

@@ -174,8 +174,12 @@ def campaign_start(
 
     async def go():
         client = await _client(settings)
-        handle = await client.start_campaign(subscription, customer, email, when, name=name)
-        typer.echo(f"campaign {handle.id} running (run {handle.result_run_id})")
+        received = await client.fail_payment(subscription, customer, email, when, name=name)
+        what = f"{received.action or 'duplicate'}: {received.result}"
+        if received.result in ("started", "updated"):
+            typer.echo(f"campaign dunning-{subscription} running ({what})")
+        else:
+            typer.echo(f"campaign dunning-{subscription}: nothing started ({what})")
 
     run_client(go())
 
@@ -184,8 +188,10 @@ def campaign_start(
 def campaign_recover(
     subscription: str = typer.Argument(...),
     reason: str = typer.Option("payment recovered", "--reason"),
+    key: str = typer.Option(None, "--idempotency-key", help="A repeat with the same key answers the same"),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output"),
 ) -> None:
-    """Signal payment_recovered: the campaign ends at once."""
+    """The payment came in: through the receive path; prints what the campaign really did."""
     from starter.client import UnknownSubscription
 
     settings = settings_or_exit()
@@ -193,10 +199,13 @@ def campaign_recover(
     async def go():
         client = await _client(settings)
         try:
-            signalled = await client.payment_recovered(subscription, reason)
+            answer = await client.payment_recovered(subscription, reason, key)
         except UnknownSubscription as err:
             fail(str(err))
-        typer.echo("recovered: campaign ends now" if signalled else "no campaign running: nothing to do")
+        if as_json:
+            typer.echo(answer.model_dump_json())
+            return
+        typer.echo(answer.status + (f" ({answer.outcome})" if answer.status == "already_ended" else ""))
 
     run_client(go())
 
@@ -253,4 +262,4 @@ def main() -> None:  # pragma: no cover
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

@@ -23,6 +23,7 @@ from worker import search_attributes
 from worker.app import build_worker, connect
 from worker.binaries import find_binary
 
+
 def with_dev_secrets(settings: Settings) -> Settings:
     """CLI commands beside a running `dunning dev` use the secrets it generated."""
     secret_file = settings.home / "dev-secrets"
@@ -129,7 +130,7 @@ async def run_dev(settings: Settings, api: ApiRunner | None = None, say: Callabl
 
                 return DunningClient(client, store, settings)
 
-            tasks.append(asyncio.create_task(api(settings, store, client_factory)))
+            tasks.append(asyncio.ensure_future(api(settings, store, client_factory)))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -142,8 +143,9 @@ async def run_dev(settings: Settings, api: ApiRunner | None = None, say: Callabl
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         for task in done:
-            if task is not waiter and task.exception():
-                raise task.exception()
+            failure = None if task is waiter else task.exception()
+            if failure is not None:
+                raise failure
         say("stopped")
     finally:
         if sink.running:

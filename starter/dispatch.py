@@ -1,33 +1,39 @@
-"""Dispatch a decided billing event to its campaign, and re-dispatch what is pending.
+"""The one receive path every billing event takes, and the dispatch of its decision.
 
-The decision (dunning.projection) is stored in the event's inbox row before anything is
-sent to Temporal, so a dispatch can run again: after a 503, on a provider redelivery, or
-from the sweep. Every step is safe to repeat: signal-with-start uses USE_EXISTING, a
-signal to a finished campaign is skipped, and the row is marked dispatched only after
-Temporal accepted the call.
+    receive_event: inbox row (provider, event_id) once -> projection decision (one
+                   transaction, stored on the inbox row) -> dispatch -> row dispatched
+                   with what happened (a repeat answers that, and changes nothing)
 
-    start    client.on_failure(event, start=True)   only while the projection still holds
-                                                    this anchor (else 'superseded')
-    update   client.on_failure(event, start=False)
-    recover  client.payment_recovered(sub, reason)  (no campaign ever: fine)
-    resolve  client.resolve(sub, reason)
-    none / stale                                    nothing to send
+Webhooks, the payment service (HTTP, CLI, Python), `dunning campaign start` and
+`dunning simulate` all come through here. The decision is stored before anything is sent
+to Temporal, so a dispatch can run again: after a 503, on a provider redelivery, or from
+the sweep. Every step is safe to repeat.
+
+    start         update-with-start `attach` (USE_EXISTING): one call starts the campaign
+                  or reaches the running one and learns its anchor; only while the
+                  projection still holds this anchor (else 'superseded')
+    update        signal `billing_event` to the running campaign
+    recover       Update `recover`: the campaign's real answer ('recovered',
+                  'recovered_after_cancel', 'already_ended:<outcome>', 'no_campaign')
+    resolve       signal `resolve` with what resolved it
+    late_payment  update-with-start of a run that records `recovered_after_cancel` for the
+                  exhausted campaign's identity
+    none / stale  nothing to send
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
-
-from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from dunning.contracts import BillingEvent
 from dunning.projection import PAST_DUE, Decision, decide
 from dunning.store.store import InboxRow, Store
 from starter.temporal_gate import is_unavailable
-from worker import search_attributes as sa
 
 if TYPE_CHECKING:
     from starter.client import DunningClient
@@ -35,21 +41,58 @@ if TYPE_CHECKING:
 log = logging.getLogger("dunning.dispatch")
 
 DEFAULT_TIMEOUT = 10.0
-_SAME_ANCHOR = timedelta(seconds=1)
 
 
 class CampaignBusy(Exception):
     """An earlier campaign of this subscription (another anchor) is still running, so a
-    start would only signal it. The row stays pending; a later dispatch starts the new one."""
+    start would only reach it. The row stays pending; a later dispatch starts the new one."""
+
+
+@dataclass(frozen=True)
+class Received:
+    """What the receive path did with one event."""
+
+    status: str  # processed | duplicate
+    action: str  # the projection's action ('' for a duplicate)
+    result: str  # what dispatch did (for a duplicate: what it did the first time)
+
+
+async def receive_event(
+    store: Store,
+    get_client: Callable[[], Awaitable[DunningClient]],
+    event: BillingEvent,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> Received:
+    """Inbox, projection, dispatch. Raises CampaignBusy or the Temporal error; the row then
+    stays 'received' for a redelivery or the sweep."""
+    state = await asyncio.to_thread(
+        store.inbox_receive,
+        event.provider,
+        event.event_id,
+        event.event_type,
+        event.subscription_id,
+        event.occurred_at,
+        {"event": event.for_workflow().model_dump(mode="json")},
+    )
+    if state in ("dispatched", "ignored"):
+        row = await asyncio.to_thread(store.inbox_get, event.provider, event.event_id)
+        return Received("duplicate", "", (row.reason if row else None) or state)
+    # 'new', or 'received' (a redelivery, or a concurrent delivery of the same event): the
+    # projection is decided once; a repeat gets the stored decision and dispatches it again.
+    decision = await asyncio.to_thread(store.apply_projection, event, decide)
+    if decision.action in ("none", "stale"):
+        await asyncio.to_thread(store.inbox_mark_dispatched, event.provider, event.event_id, "nothing")
+        return Received("processed", decision.action, "nothing")
+    result = await dispatch(store, await get_client(), event, decision, timeout=timeout)
+    return Received("processed", decision.action, result)
 
 
 async def dispatch(
     store: Store, client: DunningClient, event: BillingEvent, decision: Decision, *, timeout: float = DEFAULT_TIMEOUT
 ) -> str:
-    """Send the decided action to Temporal, then mark the inbox row dispatched.
-
-    Returns what happened: 'started', 'updated', 'signalled', 'not_running',
-    'superseded', 'campaign_disabled' or 'nothing'. Raises CampaignBusy, or the Temporal error (see
+    """Send the decided action to Temporal, then mark the inbox row dispatched with what
+    happened. Raises CampaignBusy, or the Temporal error (see
     `starter.temporal_gate.is_unavailable`); the row then stays undispatched."""
     result = await asyncio.wait_for(_send(store, client, event, decision), timeout)
     await asyncio.to_thread(store.inbox_mark_dispatched, event.provider, event.event_id, result)
@@ -57,8 +100,6 @@ async def dispatch(
 
 
 async def _send(store: Store, client: DunningClient, event: BillingEvent, decision: Decision) -> str:
-    from starter.client import UnknownSubscription
-
     sub_id = decision.subscription_id
     action = decision.action
     if action in ("none", "stale"):
@@ -69,31 +110,26 @@ async def _send(store: Store, client: DunningClient, event: BillingEvent, decisi
         current = await asyncio.to_thread(store.get_subscription, sub_id)
         if current is None or current.status != PAST_DUE or current.dunning_campaign_started_at != decision.anchor:
             return "superseded"  # paid, resolved or re-anchored since: starting now would be wrong
-        started = event.model_copy(update={"customer_id": decision.customer_id})
-        try:
-            handle = await client.on_failure(started, start=True)
-        except WorkflowAlreadyStartedError:
-            # a concurrent start of the same id won the race; USE_EXISTING now finds it
-            handle = await client.on_failure(started, start=True)
-        assert handle is not None and decision.anchor is not None
-        desc = await handle.describe()
-        running_anchor = desc.typed_search_attributes.get(sa.CAMPAIGN_STARTED_AT)
-        if running_anchor is not None and abs(running_anchor - decision.anchor) >= _SAME_ANCHOR:
+        assert decision.anchor is not None
+        attached = await client.attach(event.model_copy(update={"customer_id": decision.customer_id}), decision.anchor)
+        if not attached.applied:
             raise CampaignBusy(
-                f"subscription {sub_id!r}: the campaign begun {running_anchor.isoformat()} is still running; "
-                f"the one for {decision.anchor.isoformat()} starts when it has ended"
+                f"subscription {sub_id!r}: the campaign begun {attached.campaign_started_at.isoformat()} is still "
+                f"running; the one for {decision.anchor.isoformat()} starts when it has ended"
             )
         return "started"
     if action == "update":
-        await client.on_failure(event, start=False)  # signals a running campaign, if any
-        return "updated"
+        return "updated" if await client.signal_event(event) else "not_running"
     if action == "recover":
-        try:
-            return "signalled" if await client.payment_recovered(sub_id, decision.reason) else "not_running"
-        except UnknownSubscription:
-            return "not_running"
+        return await client.recover(sub_id, event.event_id, decision.reason)
     if action == "resolve":
-        return "signalled" if await client.resolve(sub_id, decision.reason) else "not_running"
+        return "signalled" if await client.resolve(sub_id, decision.reason, decision.kind) else "not_running"
+    if action == "late_payment":
+        if decision.anchor_before is None:
+            return "nothing"
+        return await client.recover_after_cancel(
+            sub_id, decision.customer_id, decision.provider, decision.anchor_before, event.event_id, decision.reason
+        )
     raise ValueError(f"unknown action {action!r}")  # pragma: no cover - Decision allows no other
 
 

@@ -27,12 +27,11 @@ from starlette.requests import Request
 
 from dunning.config import Settings
 from dunning.contracts import BillingEvent
-from dunning.projection import decide
 from dunning.providers import braintree as bt
 from dunning.providers import fake, stripe
 from dunning.providers.errors import Ignored, WebhookError, body_too_large, provider_disabled
 from dunning.store.store import Store
-from starter.dispatch import CampaignBusy, dispatch
+from starter.dispatch import CampaignBusy, receive_event
 from starter.temporal_gate import TemporalGate, describe_unavailable, is_unavailable
 
 log = logging.getLogger("dunning.webhooks")
@@ -177,37 +176,21 @@ async def receive(
         return Reply(200, {"status": "ignored", "reason": parsed.reason}, "ignored", parsed.reason)
 
     event = parsed
-    state = await asyncio.to_thread(
-        store.inbox_receive,
-        provider,
-        event.event_id,
-        event.event_type,
-        event.subscription_id,
-        event.occurred_at,
-        {"event": event.for_workflow().model_dump(mode="json")},
-    )
-    if state in ("dispatched", "ignored"):
-        return Reply(200, {"status": "duplicate"}, "duplicate", state)
-    # 'new', or 'received' (a redelivery, or a concurrent delivery of the same event): the
-    # projection is decided once; a repeat gets the stored decision and dispatches it again.
-    decision = await asyncio.to_thread(store.apply_projection, event, decide)
-    processed = {"status": "processed", "action": decision.action}
-    if decision.action in ("none", "stale"):
-        await asyncio.to_thread(store.inbox_mark_dispatched, provider, event.event_id, "nothing")
-        return Reply(200, {**processed, "result": "nothing"}, "processed", decision.action)
     try:
-        client = await gate.get()
-        result = await dispatch(store, client, event, decision, timeout=timeout)
+        received = await receive_event(store, gate.get, event, timeout=timeout)
     except CampaignBusy as err:
-        body = {"error": "campaign_busy", "message": str(err)}
-        return Reply(503, body, "busy", "campaign_busy", {"Retry-After": RETRY_AFTER})
+        answer = {"error": "campaign_busy", "message": str(err)}
+        return Reply(503, answer, "busy", "campaign_busy", {"Retry-After": RETRY_AFTER})
     except Exception as err:
         if not is_unavailable(err):
             raise
         log.warning("%s event %s not dispatched: %s", provider, event.event_id, describe_unavailable(err))
-        body = {
+        answer = {
             "error": "temporal_unavailable",
             "message": f"{describe_unavailable(err)}; the event is recorded and will be dispatched when it is back",
         }
-        return Reply(503, body, "unavailable", "temporal_unavailable", {"Retry-After": RETRY_AFTER})
-    return Reply(200, {**processed, "result": result}, "processed", decision.action)
+        return Reply(503, answer, "unavailable", "temporal_unavailable", {"Retry-After": RETRY_AFTER})
+    if received.status == "duplicate":
+        return Reply(200, {"status": "duplicate"}, "duplicate", "dispatched")
+    answer = {"status": "processed", "action": received.action, "result": received.result}
+    return Reply(200, answer, "processed", received.action)

@@ -137,14 +137,25 @@ class RecordingClient:
         self.calls.append((name, args))
         raise AssertionError(f"Temporal was called: {name}{args}")
 
-    async def on_failure(self, event: Any, *, start: bool) -> None:
-        self._record("on_failure", event.subscription_id, start)
+    async def attach(self, event: Any, anchor: Any) -> None:
+        self._record("attach", event.subscription_id, anchor)
 
-    async def payment_recovered(self, sub: str, reason: str = "") -> bool:
-        self._record("payment_recovered", sub)
+    async def signal_event(self, event: Any) -> bool:
+        self._record("signal_event", event.subscription_id)
         return False
 
-    async def resolve(self, sub: str, reason: str) -> bool:
+    async def recover(self, sub: str, event_id: str, reason: str) -> str:
+        self._record("recover", sub)
+        return ""
+
+    async def recover_after_cancel(self, sub: str, *args: Any) -> str:
+        self._record("recover_after_cancel", sub)
+        return ""
+
+    async def payment_recovered(self, sub: str, reason: str = "", key: str | None = None) -> Any:
+        self._record("payment_recovered", sub)
+
+    async def resolve(self, sub: str, reason: str, kind: str = "") -> bool:
         self._record("resolve", sub)
         return False
 

@@ -7,10 +7,11 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
-from temporalio.client import WorkflowExecutionStatus
+from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
@@ -63,10 +64,35 @@ def settings(tmp_path: Path, mailbox: Mailbox, db_url: str) -> Settings:
     )
 
 
+class _SkippingHandle(WorkflowHandle):
+    """A handle whose result() lets the time-skipping server skip time while it waits
+    (what the test environment does for handles from start_workflow)."""
+
+    env: Any
+
+    async def result(self, **kwargs: Any) -> Any:
+        async with self.env.time_skipping_unlocked():
+            return await super().result(**kwargs)
+
+
+class SkippingDunningClient(DunningClient):
+    """The engine's client on the time-skipping server: its clock, and handles that skip."""
+
+    def __init__(self, env: WorkflowEnvironment, store: Store, settings: Settings) -> None:
+        super().__init__(env.client, store, settings, clock=env.get_current_time)
+        self.env = env
+
+    def _handle(self, subscription_id: str) -> WorkflowHandle:
+        handle = super()._handle(subscription_id)
+        handle.__class__ = _SkippingHandle
+        handle.env = self.env  # type: ignore[attr-defined]
+        return handle
+
+
 @asynccontextmanager
 async def running_worker(env: WorkflowEnvironment, settings: Settings, store: Store) -> AsyncIterator[DunningClient]:
     async with build_worker(env.client, settings, store):
-        yield DunningClient(env.client, store, settings)
+        yield SkippingDunningClient(env, store, settings)
 
 
 @pytest_asyncio.fixture

@@ -225,12 +225,24 @@ async def test_payment_recovered_auth_and_idempotence(tenv, api, dunning, settin
     await dunning.start_campaign(sub, "cus_auth", "auth@example.com", await tenv.get_current_time())
     refused(await api.post(url, headers=bearer, content=b"{nope"), 400, "malformed_body")
     refused(await api.post(url, headers=bearer, json={"reason": 5}), 400, "malformed_body")
-    first = await api.post(url, headers=bearer, json={"reason": "paid by bank transfer"})
-    assert first.json() == {"status": "recovered", "subscription_id": sub}
+    refused(await api.post(url, headers=bearer, json={"reason": "from ada@example.com"}), 400, "malformed_body")
+    refused(await api.post(url, headers={**bearer, "Idempotency-Key": "x" * 256}), 400, "bad_request")
+    keyed = {**bearer, "Idempotency-Key": "pay_123"}
+    first = await api.post(url, headers=keyed, json={"reason": "paid by bank transfer"})
+    assert first.status_code == 200
+    assert {k: first.json()[k] for k in ("status", "outcome", "subscription_id")} == {
+        "status": "recovered", "outcome": "recovered", "subscription_id": sub,
+    }  # fmt: skip
     state = await dunning.client.get_workflow_handle(f"dunning-{sub}").result()
     assert state["outcome"] == "recovered" and state["reason"] == "paid by bank transfer"
-    second = await api.post(url, headers=bearer)
-    assert second.status_code == 200 and second.json()["status"] == "not_running"
+    repeat = await api.post(url, headers=keyed, json={"reason": "paid by bank transfer"})
+    assert repeat.status_code == 200  # the same request again: the same answer, nothing new
+    assert {k: repeat.json()[k] for k in ("status", "outcome")} == {"status": "recovered", "outcome": "recovered"}
+    assert repeat.json()["duplicate"] is True
+    second = await api.post(url, headers=bearer)  # a new request after the end: the truth
+    assert second.status_code == 200
+    assert {k: second.json()[k] for k in ("status", "outcome")} == {"status": "already_ended", "outcome": "recovered"}
+    assert len([e for e in store.events(sub) if e.type == "dunning.recovered"]) == 1
 
     campaign = await api.get(f"/v1/subscriptions/{sub}/campaign", headers=bearer)
     body = campaign.json()

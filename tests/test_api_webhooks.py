@@ -47,7 +47,7 @@ async def test_stripe_payment_failed_starts_a_campaign_and_invoice_paid_recovers
     assert running.campaign_started_at == failed_at and running.outcome == "running"
 
     paid = await post(api, stripe_request("evt_paid_1", "invoice.paid", sub, failed_at + MINUTE, customer="cus_s1"))
-    assert paid.json() == {"status": "processed", "action": "recover", "result": "signalled"}
+    assert paid.json() == {"status": "processed", "action": "recover", "result": "recovered"}  # the campaign's own answer
     state = await result(dunning, sub)
     assert state.outcome == "recovered" and "invoice.paid" in state.reason
     assert mailbox.steps() == ["first_notice"]

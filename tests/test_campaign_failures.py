@@ -2,9 +2,9 @@
 was never confirmed is reported and not resent blindly."""
 
 import socket
+from datetime import UTC, datetime, timedelta
 
 import pytest
-from datetime import UTC, datetime, timedelta
 
 from dunning.email.outbox import OutboxSink, read_outbox
 from tests.temporal_fixtures import running_worker, without_engine_retries
@@ -44,7 +44,6 @@ async def test_smtp_outage_delays_the_step_and_loses_nothing(tenv, store, settin
 async def test_claim_without_confirmation_is_reported_not_resent(tenv, dunning, store, mailbox):
     anchor = await tenv.get_current_time()
     # A previous worker claimed the first step and died before confirming the send.
-    store.begin_dunning("sub_claim", "cus_2", "fake", anchor)
     store.claim_step("sub_claim", anchor, "first_notice", "<x@example.com>", "dead-worker", datetime.now(UTC))
     handle = await dunning.start_campaign("sub_claim", "cus_2", "bo@example.com", anchor)
     await tenv.sleep(DAY)

@@ -4,6 +4,8 @@ from datetime import timedelta
 
 import pytest
 
+from dunning.contracts import BillingEvent, EventKind
+from dunning.projection import decide
 from starter.client import UnknownSubscription
 from tests.temporal_fixtures import ledger, without_engine_retries
 
@@ -48,7 +50,8 @@ async def test_recovery_on_day_3_stops_at_once_after_one_email(tenv, dunning, st
     running = await dunning.status("sub_rec")
     assert running.outcome == "running" and running.steps_sent == ["first_notice"]
     assert running.next_step.key == "reminder" and near(running.next_step.at - anchor, 5 * DAY)
-    assert await dunning.payment_recovered("sub_rec", "card charged") is True
+    answer = await dunning.payment_recovered("sub_rec", "card charged")
+    assert (answer.status, answer.outcome) == ("recovered", "recovered")
     state = await handle.result()
 
     assert state.outcome == "recovered" and state.reason == "card charged"
@@ -61,16 +64,24 @@ async def test_recovery_on_day_3_stops_at_once_after_one_email(tenv, dunning, st
     ]
     sub = store.get_subscription("sub_rec")
     assert sub.status == "active" and sub.dunning_campaign_started_at is None
-    assert await dunning.payment_recovered("sub_rec") is False  # idempotent: nothing running
+    again = await dunning.payment_recovered("sub_rec")  # nothing running: the true answer, nothing done
+    assert (again.status, again.outcome) == ("already_ended", "recovered")
+    assert len(ledger(store, "sub_rec", "dunning.recovered")) == 1
 
 
-async def test_guard_stops_a_campaign_whose_subscription_became_active_without_a_signal(
+async def test_an_effect_that_finds_the_subscription_paid_is_superseded_and_ends_the_campaign(
     tenv, dunning, store, mailbox
 ):
+    """The projection recorded a payment but no message reached the campaign (the API
+    died before dispatch): the reminder's own claim transaction sees it and sends nothing."""
     anchor = await tenv.get_current_time()
     handle = await dunning.start_campaign("sub_guard", "cus_3", "cy@example.com", anchor)
     await tenv.sleep(DAY)
-    store.set_subscription_status("sub_guard", "active")
+    paid = BillingEvent(
+        provider="fake", event_id="evt_paid_quiet", event_type="payment.succeeded", kind=EventKind.payment_succeeded,
+        occurred_at=anchor + DAY, subscription_id="sub_guard", customer_id="cus_3",
+    )  # fmt: skip
+    assert store.apply_projection(paid, decide).action == "recover"  # recorded, never dispatched
     state = await handle.result()
 
     assert state.outcome == "recovered" and "active" in state.reason
@@ -82,7 +93,7 @@ async def test_two_starts_make_one_campaign(tenv, dunning, store, mailbox):
     anchor = await tenv.get_current_time()
     first = await dunning.start_campaign("sub_dup", "cus_4", "di@example.com", anchor)
     second = await dunning.start_campaign("sub_dup", "cus_4", "di@example.com", anchor + timedelta(hours=1))
-    assert second.result_run_id == first.result_run_id
+    assert (await second.describe()).run_id == (await first.describe()).run_id
     await first.result()
     assert mailbox.steps() == ["first_notice", "reminder", "final_notice"]
     assert len(ledger(store, "sub_dup", "dunning.campaign_started")) == 1
@@ -96,8 +107,9 @@ async def test_new_failure_after_recovery_is_a_new_campaign_identity(tenv, dunni
     assert (await first.result()).outcome == "recovered"
 
     second_anchor = await tenv.get_current_time()
+    first_run = (await first.describe()).run_id
     second = await dunning.start_campaign("sub_again", "cus_5", "ed@example.com", second_anchor)
-    assert second.result_run_id != first.result_run_id
+    assert (await second.describe()).run_id != first_run
     await tenv.sleep(DAY)
     await dunning.payment_recovered("sub_again")
     state = await second.result()

@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -262,7 +262,7 @@ async def asleep(handle: WorkflowHandle, at_least: timedelta = timedelta(seconds
     if last.event_type != EventType.EVENT_TYPE_TIMER_STARTED:
         return False
     timeout = last.timer_started_event_attributes.start_to_fire_timeout.ToTimedelta()
-    return last.event_time.ToDatetime(tzinfo=timezone.utc) + timeout - datetime.now(timezone.utc) >= at_least
+    return last.event_time.ToDatetime(tzinfo=UTC) + timeout - datetime.now(UTC) >= at_least
 
 
 @pytest.fixture
@@ -300,7 +300,7 @@ async def run_with_kills(c: Campaign, kills: list[list[str]]) -> None:
         async def sent_and_asleep(sent: list[str] = sent) -> bool:
             return c.steps() == sent and await asleep(handle)
 
-        await await_until(sent_and_asleep, 45, lambda: f"outbox {sent} and a timer pending\n{c.diagnostics()}")
+        await await_until(sent_and_asleep, 45, lambda sent=sent: f"outbox {sent} and a timer pending\n{c.diagnostics()}")
         c.sigkill(worker)
         await asyncio.sleep(2)
         assert c.steps() == sent, f"{c.name}: an email went out while no worker ran\n{c.diagnostics()}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -20,7 +20,7 @@ from dunning.email.outbox import OutboxSink, read_outbox, write_eml
 from dunning.email.render import RenderedEmail, TemplateNotFound, render
 from dunning.email.sender import SmtpError, send_message
 
-STARTED = datetime(2025, 3, 1, 9, 30, tzinfo=timezone.utc)
+STARTED = datetime(2025, 3, 1, 9, 30, tzinfo=UTC)
 ALL_TEMPLATES = ["first_notice", "reminder", "final_notice", "update_payment_method", "authentication_required"]
 
 
@@ -185,7 +185,7 @@ def test_message_id_sanitised_to_atext() -> None:
 
 
 def test_build_message_structure() -> None:
-    when = datetime(2025, 3, 2, 10, 0, tzinfo=timezone.utc)
+    when = datetime(2025, 3, 2, 10, 0, tzinfo=UTC)
     rendered = RenderedEmail(subject="Subj", text="plain body\n", html="<p>html body</p>\n")
     msg = build_message(
         sender="billing@example.com",
@@ -337,11 +337,11 @@ def test_outbox_sink_start_stop_explicit_port(tmp_path: Path) -> None:
         sink.stop()
     assert not sink.running
     with pytest.raises(RuntimeError):
-        OutboxSink(tmp_path, port=0).port
+        _ = OutboxSink(tmp_path, port=0).port
 
 
 def test_write_eml_never_overwrites(tmp_path: Path) -> None:
-    now = datetime(2025, 3, 1, tzinfo=timezone.utc)
+    now = datetime(2025, 3, 1, tzinfo=UTC)
     raw = b"Message-ID: <a/b@../c>\r\nSubject: x\r\n\r\nbody\r\n"
     first = write_eml(tmp_path, raw, now)
     second = write_eml(tmp_path, raw, now)

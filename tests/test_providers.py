@@ -151,6 +151,7 @@ def test_payment_failed_older_api_shape() -> None:
         "currency": "USD",
         "subscription_status": None,
         "plan_id": None,
+        "note": None,
     }
 
 
@@ -584,6 +585,7 @@ def test_braintree_decline_from_latest_transaction() -> None:
         "currency": "JPY",
         "subscription_status": "past_due",
         "plan_id": None,
+        "note": None,
     }
 
 

@@ -2,20 +2,36 @@
 
 from __future__ import annotations
 
+import ast
+import re
 import threading
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 
-from dunning.store.schema import dunning_events, metadata, step_deliveries, subscriptions
+from dunning.contracts import BillingEvent, EventKind
+from dunning.projection import decide
+from dunning.store.schema import dunning_events, metadata, step_deliveries
 from dunning.store.store import MAX_DATA_BYTES, Customer, Store
 from dunning.store.types import UTCDateTime
 
 T0 = datetime(2025, 3, 1, 9, 30, 15, 123456, tzinfo=UTC)
 PLUS2 = timezone(timedelta(hours=2))
+REPO = Path(__file__).parents[1]
+PACKAGES = ("dunning", "activities", "workflows", "worker", "starter")
+STORE_DIR = REPO / "dunning" / "store"
+
+
+def _failed(at: datetime) -> BillingEvent:
+    """A payment failure for sub_1: the real way a subscription enters dunning."""
+    return BillingEvent(
+        provider="fake", event_id="evt_1", event_type="payment.failed", kind=EventKind.payment_failed,
+        occurred_at=at, subscription_id="sub_1", customer_id="cus_1", customer_email="a@example.com",
+    )  # fmt: skip
 
 
 def _count(store: Store, table, **where) -> int:
@@ -74,43 +90,6 @@ def test_customer_round_trip_and_none_never_overwrites(store):
     assert store.get_customer("cus_2") == Customer("cus_2", None, "Bo")
 
 
-# --- subscription projection -----------------------------------------------------------
-def test_begin_and_end_dunning_compare_and_set(store):
-    store.begin_dunning("sub_1", "cus_1", "fake", T0)
-    sub = store.get_subscription("sub_1")
-    assert (sub.status, sub.dunning_campaign_started_at, sub.entitlement) == ("past_due", T0, "full")
-    assert (sub.customer_id, sub.provider, sub.decline_class, sub.last_event_at) == ("cus_1", "fake", None, None)
-
-    assert store.end_dunning("sub_1", T0 + timedelta(microseconds=1), "active") is False
-    assert store.get_subscription("sub_1") == sub  # wrong anchor: nothing changed
-    assert store.end_dunning("sub_1", T0.astimezone(PLUS2), "active") is True  # same instant
-    sub = store.get_subscription("sub_1")
-    assert (sub.status, sub.dunning_campaign_started_at) == ("active", None)
-    assert store.end_dunning("sub_1", T0, "canceled") is False
-    assert store.end_dunning("sub_unknown", T0, "active") is False
-    assert store.get_subscription("sub_unknown") is None
-
-
-def test_begin_dunning_again_moves_anchor_and_keeps_entitlement(store):
-    store.begin_dunning("sub_1", "cus_1", "fake", T0)
-    with store.engine.begin() as conn:
-        conn.execute(update(subscriptions).values(entitlement="limited"))
-    later = T0 + timedelta(days=40)
-    store.begin_dunning("sub_1", "cus_1", "stripe", later)
-    sub = store.get_subscription("sub_1")
-    assert (sub.dunning_campaign_started_at, sub.entitlement, sub.provider) == (later, "limited", "stripe")
-    assert store.end_dunning("sub_1", T0, "active") is False  # the old campaign cannot end the new one
-
-
-def test_set_subscription_status(store):
-    store.begin_dunning("sub_1", "cus_1", "fake", T0)
-    store.set_subscription_status("sub_1", "active")
-    sub = store.get_subscription("sub_1")
-    assert (sub.status, sub.dunning_campaign_started_at) == ("active", T0)
-    with pytest.raises(KeyError):
-        store.set_subscription_status("sub_nope", "active")
-
-
 # --- ledger ----------------------------------------------------------------------------
 def test_ledger_is_unique_per_campaign_type_and_step(store):
     args = ("dunning.step_sent", "sub_1", "cus_1", T0, T0)
@@ -136,11 +115,12 @@ def test_ledger_is_unique_per_campaign_type_and_step(store):
 
 def test_datetimes_round_trip_tz_aware_utc(store):
     anchor = datetime(2024, 12, 31, 23, 59, 59, 999999, tzinfo=PLUS2)
-    store.begin_dunning("sub_1", "cus_1", "fake", anchor)
+    store.apply_projection(_failed(anchor), decide)
     store.record_event("dunning.campaign_started", "sub_1", "cus_1", anchor, anchor.astimezone(UTC))
-    started = store.get_subscription("sub_1").dunning_campaign_started_at
+    sub = store.get_subscription("sub_1")
+    assert (sub.status, sub.customer_id) == ("past_due", "cus_1")
     [event] = store.events("sub_1", anchor)
-    for value in (started, event.campaign_started_at, event.occurred_at):
+    for value in (sub.dunning_campaign_started_at, sub.last_event_at, event.campaign_started_at, event.occurred_at):
         assert value == anchor
         assert value.utcoffset() == timedelta(0)
         assert value.tzinfo is not None and value.microsecond == 999999
@@ -148,8 +128,10 @@ def test_datetimes_round_trip_tz_aware_utc(store):
 
 def test_naive_datetimes_are_refused(store):
     naive = datetime(2025, 1, 1, 12, 0)
+    event = _failed(naive)  # the model takes a naive time as given; the store refuses it
+    assert event.occurred_at.tzinfo is None
     with pytest.raises(ValueError, match="timezone-aware"):
-        store.begin_dunning("sub_1", "cus_1", "fake", naive)
+        store.apply_projection(event, decide)
     with pytest.raises(ValueError):
         store.record_event("dunning.recovered", "sub_1", "cus_1", T0, naive)
     with pytest.raises(ValueError):
@@ -157,6 +139,8 @@ def test_naive_datetimes_are_refused(store):
     with pytest.raises(ValueError):
         UTCDateTime().process_bind_param(naive, store.engine.dialect)
     assert store.get_subscription("sub_1") is None and store.events("sub_1") == []
+    assert _count(store, step_deliveries) == 0
+    assert store.get_customer("cus_1") is None
 
 
 def test_oversized_or_non_json_data_is_refused_and_nothing_written(store):
@@ -225,3 +209,51 @@ def test_concurrent_claims_have_one_winner(store):
         t.join()
     assert len(results) == 6 and len(set(results)) == 1
     assert _count(store, step_deliveries) == 1
+
+
+# --- the store is the only writer of subscriptions -------------------------------------
+_WRITES = [
+    re.compile(r"(?:update|insert|delete)\(\s*subscriptions\b"),  # Core; also store._insert(...)
+    re.compile(r"\bUPDATE\s+subscriptions\b", re.IGNORECASE),
+    re.compile(r"\bINSERT\s+INTO\s+subscriptions\b", re.IGNORECASE),
+]
+
+
+def _subscription_writes(source: str) -> list[str]:
+    """What in `source` writes the subscriptions table or imports its Table object."""
+    found = [m.group(0) for rx in _WRITES for m in rx.finditer(source)]
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").endswith("store.schema"):
+            found += [f"from {node.module} import subscriptions" for a in node.names if a.name == "subscriptions"]
+        elif isinstance(node, ast.Attribute) and node.attr == "subscriptions":
+            base = node.value
+            if (isinstance(base, ast.Name) and base.id == "schema") or ast.unparse(base).endswith("store.schema"):
+                found.append(ast.unparse(node))
+    return found
+
+
+def test_no_module_writes_subscriptions_outside_the_store():
+    """Status, anchor and entitlement have their writers in dunning/store/ only (projection
+    decisions and the campaign's own transactions): no other module may write the table."""
+    # the scanner itself catches each form it is meant to catch
+    for bad in (
+        "conn.execute(update(subscriptions).values(status='active'))",
+        "store.insert(subscriptions).values(id='x')",
+        "store._insert(subscriptions).values(id='x')",
+        "delete(subscriptions)",
+        'conn.exec_driver_sql("update  Subscriptions set status = \'active\'")',
+        'text("insert into subscriptions (id) values (1)")',
+        "from dunning.store.schema import customers, subscriptions",
+        "from dunning.store.schema import (\n    inbox,\n    subscriptions,\n)",
+        "from dunning.store import schema\nschema.subscriptions",
+    ):
+        assert _subscription_writes(bad), bad
+    assert _subscription_writes("from dunning.store.schema import inbox\nstore.get_subscription('x')") == []
+
+    files = [f for pkg in PACKAGES for f in sorted((REPO / pkg).rglob("*.py"))]
+    outside = [f for f in files if not f.is_relative_to(STORE_DIR)]
+    assert outside and len(outside) < len(files)  # the walk found the packages and the store
+    offenders = {
+        str(f.relative_to(REPO)): hits for f in outside if (hits := _subscription_writes(f.read_text(encoding="utf-8")))
+    }
+    assert offenders == {}

@@ -2,9 +2,15 @@
 
 One run is one campaign identity (subscription_id + campaign_started_at = the anchor).
 It sleeps on durable timers between actions — emails, engine-driven payment retries,
-consequence changes — as `dunning.journey` decides, is woken at once by signals,
-re-checks the subscription before every action (the cancel-guard), and writes every
-outcome through activities. No I/O and no clock here: `workflow.now()`.
+consequence changes — as `dunning.journey` decides, is woken at once by messages, and does
+every effect through an activity that checks, in the same transaction as its claim, that
+the subscription is still past_due with this anchor (a stale effect is `superseded`: the
+campaign ends, nothing is done). Which end wins is `dunning.ending.winner`.
+
+Messages: `recover` (Update: the payment service learns what really happened),
+`payment_recovered` and `resolve` (signals, fire-and-forget), `billing_event` (signal) and
+`attach` (Update, with start: the dispatcher learns the running campaign's anchor).
+No I/O and no clock here: `workflow.now()`.
 """
 
 from __future__ import annotations
@@ -17,40 +23,42 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from dunning import consequences, journey
+    from activities.campaign import CampaignActivities
+    from activities.outbound import OutboundActivities
+    from activities.payments import PaymentActivities
+    from dunning import ending, journey
     from dunning.contracts import (
+        AttachRequest,
+        AttachResult,
         BillingEvent,
         CampaignEnd,
         CampaignInput,
         CampaignPlan,
         CampaignState,
         EntitlementChange,
-        GuardRequest,
-        GuardResult,
         NextStep,
         OutboundEvent,
-        RetryOutcome,
+        RecoverRequest,
+        RecoverResult,
+        Resolution,
         RetryRecord,
         RetryRequest,
-        StepOutcome,
         StepRequest,
+        Superseded,
         TerminalRequest,
     )
     from worker import search_attributes as sa
 
 WORKFLOW_NAME = "DunningCampaign"
-# Patch for campaigns started before retries, consequences and outbound events existed:
-# their histories replay without those commands.
-V2 = "retries-consequences-outbound"
 # Transient failures (SMTP down, database locked, provider 5xx) retry with backoff,
 # forever: an action is delayed, never lost. Non-retryable errors become a state.
 RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0, maximum_interval=timedelta(minutes=5))
-ACTIVITY = {"start_to_close_timeout": timedelta(seconds=60), "retry_policy": RETRY}
+TIMEOUT = timedelta(seconds=60)
 # A host app that is down for long must not hold the campaign: bounded, then recorded.
-OUTBOUND = {
-    "start_to_close_timeout": timedelta(seconds=30),
-    "retry_policy": RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=2), maximum_attempts=10),
-}
+OUTBOUND_TIMEOUT = timedelta(seconds=30)
+OUTBOUND_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=2), maximum_attempts=10)
+SAME_ANCHOR = timedelta(seconds=1)
+EXHAUSTED_REASON = "grace period ended without payment"
 
 
 def workflow_id(subscription_id: str) -> str:
@@ -69,24 +77,27 @@ class DunningCampaign:
             stage="starting",
             decline_class=inp.decline_class,
         )
-        self._situation = journey.Situation(
-            decline_class=inp.decline_class or "unknown", amount_due=inp.amount_due
-        )
+        self._situation = journey.Situation(decline_class=inp.decline_class or "unknown", amount_due=inp.amount_due)
         self._invoice_id = inp.invoice_id
-        self._end: tuple[str, str] | None = None  # (outcome, reason) once decided
-        self._changed = False  # a signal changed the situation: re-plan
+        self._plan: CampaignPlan | None = None
+        self._claims: list[ending.Claim] = []  # candidate ends, as they arrived
+        self._terminal_ran = False
+        self._final: ending.End | None = None  # decided once the loop stops
+        self._recorded = False  # the end is in the store: nothing can change it now
+        self._changed = False  # a billing event changed the situation: plan again
 
-    # --- signals and queries -----------------------------------------------------------
+    # --- messages --------------------------------------------------------------------
+    def _claim(self, kind: ending.ClaimKind, reason: str, resolution: str = "", inferred: bool = False) -> None:
+        self._claims.append(ending.Claim(kind, workflow.now(), reason[:200], resolution, inferred))
+
     @workflow.signal
     def payment_recovered(self, reason: str = "payment recovered") -> None:
-        if self._end is None:
-            self._end = ("recovered", reason or "payment recovered")
+        self._claim(ending.PAID, reason or "payment recovered")
 
     @workflow.signal
-    def resolve(self, reason: str) -> None:
+    def resolve(self, resolution: Resolution) -> None:
         """Ended without payment: invoice voided or uncollectible, subscription cancelled."""
-        if self._end is None:
-            self._end = ("resolved", reason or "resolved")
+        self._claim(ending.RESOLVED, resolution.reason or "resolved", resolution.kind)
 
     @workflow.signal
     def billing_event(self, event: BillingEvent) -> None:
@@ -98,6 +109,36 @@ class DunningCampaign:
             self._invoice_id = event.invoice_id
         self._observe(journey.observe(self._situation, event))
 
+    @workflow.update
+    def attach(self, req: AttachRequest) -> AttachResult:
+        """The failure that (re)starts this subscription's campaign: applied only when it
+        is this campaign's anchor; the answer names the running campaign's anchor."""
+        applied = abs(req.anchor - self._inp.failed_at) < SAME_ANCHOR
+        if applied:
+            self.billing_event(req.event)
+        return AttachResult(campaign_started_at=self._inp.failed_at, applied=applied)
+
+    @workflow.update
+    async def recover(self, req: RecoverRequest) -> RecoverResult:
+        """The payment came in: end the campaign and answer with what it really did."""
+        self._claim(ending.PAID, req.reason or "payment recovered")
+        await workflow.wait_condition(lambda: self._recorded and not self._late_pending())
+        outcome = self._state.outcome
+        status = outcome if outcome in ("recovered", "recovered_after_cancel") else "already_ended"
+        return RecoverResult(
+            status=status,  # type: ignore[arg-type]
+            outcome=outcome,
+            subscription_id=self._inp.subscription_id,
+            campaign_started_at=self._inp.failed_at,
+        )
+
+    @recover.validator
+    def _validate_recover(self, req: RecoverRequest) -> None:
+        if "@" in req.reason:
+            raise ValueError("reason must not carry an email address (ids and words only)")
+        if self._recorded and not self._late_possible():
+            raise ValueError(f"campaign already ended {self._state.outcome}")
+
     @workflow.query
     def state(self) -> CampaignState:
         return self._state
@@ -105,17 +146,17 @@ class DunningCampaign:
     # --- the campaign ----------------------------------------------------------------
     @workflow.run
     async def run(self, inp: CampaignInput) -> CampaignState:
+        if inp.after_cancel:
+            return await self._after_cancel(inp)
         anchor = inp.failed_at
-        v2 = workflow.patched(V2)
-        plan: CampaignPlan = await workflow.execute_activity(
-            "begin_campaign", args=[inp, workflow.now()], result_type=CampaignPlan, **ACTIVITY
+        plan = await workflow.execute_activity_method(
+            CampaignActivities.begin_campaign, args=[inp, workflow.now()], start_to_close_timeout=TIMEOUT, retry_policy=RETRY
         )
         self._plan = plan
         self._stage("pending")
-        if v2:
-            await self._emit("campaign_started", {"provider": inp.provider})
+        await self._emit("campaign_started", {"provider": inp.provider})
         handled: set[str] = set()
-        while self._end is None:
+        while not self._claims:
             self._changed = False
             due = journey.next_action(plan, anchor, workflow.now(), handled, self._situation)
             if isinstance(due, journey.Done):  # pragma: no cover - exhaust always ends first
@@ -124,28 +165,15 @@ class DunningCampaign:
             workflow.set_current_details(self._details(journey.describe(due)))
             if due.delay > timedelta(0):
                 await self._sleep(due.delay)
-            if self._end is not None:
+            if self._claims:
                 break
             if self._changed:  # a billing event changed what is due: plan again
                 continue
-            guard: GuardResult = await workflow.execute_activity(
-                "check_campaign_guard",
-                GuardRequest(subscription_id=inp.subscription_id, campaign_started_at=anchor),
-                result_type=GuardResult,
-                **ACTIVITY,
-            )
-            if not guard.proceed:
-                self._end = (guard.outcome if v2 else "recovered", f"guard: {guard.reason}")
-                break
-            if v2 and self._end is not None:
-                break  # recovered or resolved while the guard ran: no charge, no cancel, no email
             handled.update(due.skipped)
             if due.kind == "email":  # skipped keys come from the due action's own lane
                 self._state.steps_skipped.extend(due.skipped)
             if due.kind == journey.EXHAUST:
-                if v2:
-                    await self._terminal(inp)
-                self._end = ("exhausted", "grace period ended without payment")
+                await self._terminal(inp, plan)
             elif due.kind == "retry":
                 await self._retry(inp, due)
             elif due.kind == "consequence":
@@ -153,11 +181,41 @@ class DunningCampaign:
             else:
                 await self._send(inp, plan, due)
             handled.add(due.key)
-        return await self._finish(inp, v2)
+        final = ending.winner(self._claims, self._terminal_ran) or ending.End("exhausted", EXHAUSTED_REASON)
+        await self._finish(inp, final)
+        while self._late_pending():  # paid while the exhausted end was being recorded
+            await self._finish(inp, ending.End("recovered_after_cancel", self._late_reason()))
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return self._state
+
+    async def _after_cancel(self, inp: CampaignInput) -> CampaignState:
+        """A payment after the exhausted campaign begun at `inp.failed_at` was cancelled at
+        the provider: record it for that identity, so the host can reactivate."""
+        self._plan = await workflow.execute_activity_method(  # the identity's plan (its ledger row exists)
+            CampaignActivities.begin_campaign, args=[inp, workflow.now()], start_to_close_timeout=TIMEOUT, retry_policy=RETRY
+        )
+        self._final = ending.End("exhausted", EXHAUSTED_REASON)
+        self._recorded = True
+        self._state.outcome = "exhausted"
+        reason = self._late_reason() or "payment after the terminal action"
+        await self._finish(inp, ending.End("recovered_after_cancel", reason))
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return self._state
+
+    def _late_possible(self) -> bool:
+        return self._final is not None and self._final.outcome == "exhausted" and self._state.outcome == "exhausted"
+
+    def _late_pending(self) -> bool:
+        """A payment arrived after an exhausted end was decided and it is not recorded yet."""
+        return self._late_possible() and any(c.kind == ending.PAID for c in self._claims)
+
+    def _late_reason(self) -> str:
+        paid = sorted((c.inferred, c.at, c.reason) for c in self._claims if c.kind == ending.PAID)
+        return paid[0][2] if paid else ""
 
     async def _sleep(self, delay: timedelta) -> None:
         try:
-            await workflow.wait_condition(lambda: self._end is not None or self._changed, timeout=delay)
+            await workflow.wait_condition(lambda: bool(self._claims) or self._changed, timeout=delay)
         except TimeoutError:
             pass
 
@@ -168,6 +226,13 @@ class DunningCampaign:
             self._state.decline_class = situation.decline_class
         self._situation = situation
         self._changed = True  # what is due may have changed: plan again
+
+    def _superseded(self, sup: Superseded | None) -> None:
+        """An effect found the campaign is no longer the subscription's: end it so."""
+        if sup is None:  # pragma: no cover - superseded always says why
+            return
+        kind: ending.ClaimKind = ending.PAID if sup.outcome == "recovered" else ending.RESOLVED
+        self._claim(kind, f"superseded: {sup.reason}", sup.kind, inferred=True)
 
     async def _send(self, inp: CampaignInput, plan: CampaignPlan, due: journey.Due) -> None:
         req = StepRequest(
@@ -180,12 +245,15 @@ class DunningCampaign:
             grace_ends_at=journey.boundary(inp.failed_at, plan.grace_days, plan.day_seconds),
         )
         try:
-            outcome: StepOutcome = await workflow.execute_activity(
-                "send_step_email", req, result_type=StepOutcome, **ACTIVITY
+            outcome = await workflow.execute_activity_method(
+                CampaignActivities.send_step_email, req, start_to_close_timeout=TIMEOUT, retry_policy=RETRY
             )
         except ActivityError as err:  # non-retryable (no email address, 5xx): a visible state
             workflow.logger.error("step %s failed: %s", due.key, err.cause)
             self._state.steps_failed.append(due.key)
+            return
+        if outcome.status == "superseded":
+            self._superseded(outcome.superseded)
             return
         if outcome.status == "unconfirmed":
             self._state.steps_unconfirmed.append(due.key)
@@ -204,89 +272,108 @@ class DunningCampaign:
             at=workflow.now(),
         )
         try:
-            outcome: RetryOutcome = await workflow.execute_activity(
-                "retry_payment", req, result_type=RetryOutcome, **ACTIVITY
+            outcome = await workflow.execute_activity_method(
+                PaymentActivities.retry_payment, req, start_to_close_timeout=TIMEOUT, retry_policy=RETRY
             )
         except ActivityError as err:  # e.g. provider refused our credentials: visible
             workflow.logger.error("retry %s failed: %s", due.key, err.cause)
             self._state.retries.append(RetryRecord(key=due.key, at=workflow.now(), outcome="error"))
+            return
+        if outcome.status == "superseded":
+            self._superseded(outcome.superseded)
             return
         self._state.retries.append(
             RetryRecord(key=due.key, at=workflow.now(), outcome=outcome.status, decline_class=outcome.decline_class)
         )
         self._situation = replace(self._situation, last_retry_at=workflow.now())  # not a re-plan trigger
         if outcome.status == "succeeded":
-            self._end = ("recovered", f"payment retry {due.key} succeeded")
+            self._claim(ending.PAID, f"payment retry {due.key} succeeded")
         elif outcome.decline_class:
             self._observe(replace(self._situation, decline_class=outcome.decline_class))
 
     async def _consequence(self, inp: CampaignInput, due: journey.Due) -> None:
         previous = self._state.entitlement
-        await workflow.execute_activity(
-            "change_entitlement",
-            EntitlementChange(
-                subscription_id=inp.subscription_id,
-                customer_id=inp.customer_id,
-                campaign_started_at=inp.failed_at,
-                key=due.key,
-                level=due.detail,
-                previous=previous,
-                at=workflow.now(),
-            ),
-            **ACTIVITY,
+        change = EntitlementChange(
+            subscription_id=inp.subscription_id,
+            customer_id=inp.customer_id,
+            campaign_started_at=inp.failed_at,
+            key=due.key,
+            level=due.detail,
+            previous=previous,
+            at=workflow.now(),
         )
+        outcome = await workflow.execute_activity_method(
+            CampaignActivities.change_entitlement, change, start_to_close_timeout=TIMEOUT, retry_policy=RETRY
+        )
+        if outcome.status == "superseded":
+            self._superseded(outcome.superseded)
+            return
         self._state.entitlement = due.detail
         await self._emit("consequence_changed", {"key": due.key, "level": due.detail, "previous": previous})
 
-    async def _terminal(self, inp: CampaignInput) -> None:
-        done: str = await workflow.execute_activity(
-            "terminal_action",
-            TerminalRequest(
-                subscription_id=inp.subscription_id,
-                customer_id=inp.customer_id,
-                campaign_started_at=inp.failed_at,
-                provider=inp.provider,
-                invoice_id=self._invoice_id,
-                action=self._plan.on_exhaustion,
-            ),
-            result_type=str,
-            **ACTIVITY,
+    async def _terminal(self, inp: CampaignInput, plan: CampaignPlan) -> None:
+        req = TerminalRequest(
+            subscription_id=inp.subscription_id,
+            customer_id=inp.customer_id,
+            campaign_started_at=inp.failed_at,
+            provider=inp.provider,
+            invoice_id=self._invoice_id,
+            action=plan.on_exhaustion,
         )
-        self._state.terminal_action = done
+        outcome = await workflow.execute_activity_method(
+            PaymentActivities.terminal_action, req, start_to_close_timeout=TIMEOUT, retry_policy=RETRY
+        )
+        if outcome.status == "superseded":
+            self._superseded(outcome.superseded)
+            return
+        self._state.terminal_action = outcome.detail
+        self._terminal_ran = outcome.status == "done"
+        self._claim(ending.EXHAUSTED, EXHAUSTED_REASON)
 
-    async def _finish(self, inp: CampaignInput, v2: bool) -> CampaignState:
-        outcome, reason = self._end or ("exhausted", "")
-        status, entitlement = consequences.end_state(outcome, reason, self._plan.on_exhaustion)
-        await workflow.execute_activity(
-            "finish_campaign",
+    async def _finish(self, inp: CampaignInput, end: ending.End) -> None:
+        plan = self._plan
+        self._final = self._final or end
+        entitlement = await workflow.execute_activity_method(
+            CampaignActivities.finish_campaign,
             CampaignEnd(
                 subscription_id=inp.subscription_id,
                 customer_id=inp.customer_id,
                 campaign_started_at=inp.failed_at,
-                outcome=outcome,
-                reason=reason,
+                outcome=end.outcome,
+                reason=end.reason,
+                kind=end.resolution,
                 at=workflow.now(),
-                status=status,
-                entitlement=entitlement if v2 else None,
+                on_exhaustion=plan.on_exhaustion if plan else "none",
                 decline_class=self._state.decline_class,
                 plan_id=inp.plan_id,
             ),
-            **ACTIVITY,
+            start_to_close_timeout=TIMEOUT,
+            retry_policy=RETRY,
         )
-        self._state.outcome = outcome
-        self._state.reason = reason
+        self._state.outcome = end.outcome
+        self._state.reason = end.reason
         self._state.next_step = None
         self._state.ended_at = workflow.now()
-        if v2:
-            self._state.entitlement = entitlement
-            await self._emit(outcome, {"reason": reason[:200], "entitlement": entitlement})
-        self._stage(outcome)
-        workflow.set_current_details(f"Campaign ended {outcome}: {reason}.")
-        return self._state
+        self._state.entitlement = entitlement
+        self._recorded = True
+        self._stage(end.outcome)
+        workflow.set_current_details(self._details(self._ended_words(end)))
+        await self._emit(end.outcome, {"reason": end.reason[:200], "entitlement": entitlement})
+
+    @staticmethod
+    def _ended_words(end: ending.End) -> str:
+        if end.outcome == "recovered_after_cancel":
+            return (
+                f"Campaign ended recovered_after_cancel: {end.reason}. The payment came after the "
+                "subscription was ended at the provider; the host app should reactivate it."
+            )
+        return f"Campaign ended {end.outcome}: {end.reason}."
 
     async def _emit(self, type_: str, data: dict) -> None:
+        if self._plan is not None and not self._plan.outbound:
+            return  # no receiver configured: no activity that does nothing
         event = OutboundEvent(
-            type=type_,
+            type=type_,  # type: ignore[arg-type]
             subscription_id=self._inp.subscription_id,
             customer_id=self._inp.customer_id,
             campaign_started_at=self._inp.failed_at,
@@ -294,7 +381,9 @@ class DunningCampaign:
             data=data,
         )
         try:
-            await workflow.execute_activity("emit_outbound_event", event, result_type=int, **OUTBOUND)
+            await workflow.execute_activity_method(
+                OutboundActivities.emit, event, start_to_close_timeout=OUTBOUND_TIMEOUT, retry_policy=OUTBOUND_RETRY
+            )
         except ActivityError as err:  # bounded: recorded, the campaign goes on
             workflow.logger.error("outbound %s not delivered: %s", type_, err.cause)
 

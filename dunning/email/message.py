@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime
 from types import MappingProxyType
 
 from dunning.email.render import RenderedEmail
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SAFE = re.compile(r"[A-Za-z0-9_-]")
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,75}$")
 _MESSAGE_ID = re.compile(r"^<[^<>\s@]+@[^<>\s@]+>$")
@@ -43,7 +43,7 @@ def _domain(domain: str) -> str:
 def _micros(moment: datetime) -> int:
     """Microseconds since the epoch; a naive datetime is taken as UTC (never local time)."""
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return (moment - _EPOCH) // timedelta(microseconds=1)
 
 
@@ -82,7 +82,7 @@ def build_message(
     msg["From"] = sender
     msg["To"] = to
     msg["Subject"] = rendered.subject
-    msg["Date"] = format_datetime((date or datetime.now(timezone.utc)).astimezone(timezone.utc), usegmt=True)
+    msg["Date"] = format_datetime((date or datetime.now(UTC)).astimezone(UTC), usegmt=True)
     msg["Message-ID"] = message_id
     msg["Auto-Submitted"] = "auto-generated"  # RFC 3834: no vacation auto-replies
     for name, value in headers.items():

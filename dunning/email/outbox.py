@@ -7,7 +7,7 @@ import os
 import re
 import socket
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -40,7 +40,7 @@ def _file_stem(content: bytes, now: datetime) -> str:
 def write_eml(directory: Path, content: bytes, now: datetime | None = None) -> Path:
     """Write one message atomically; never overwrites (a suffix is added on a clash)."""
     directory.mkdir(parents=True, exist_ok=True)
-    stem = _file_stem(content, now or datetime.now(timezone.utc))
+    stem = _file_stem(content, now or datetime.now(UTC))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".incoming-", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:

@@ -12,7 +12,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,7 @@ class RenderedEmail:
 def longdate(value: datetime) -> str:
     """'14 March 2025' in UTC (naive datetimes are taken as UTC). Locale-independent."""
     if value.tzinfo is not None:
-        value = value.astimezone(timezone.utc)
+        value = value.astimezone(UTC)
     return f"{value.day} {_MONTHS[value.month - 1]} {value.year}"
 
 

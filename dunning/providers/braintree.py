@@ -166,7 +166,7 @@ def parse_braintree(
         )
     if kind is EventKind.payment_failed:
         failure_count = getattr(subscription, "failure_count", None)
-        fields["attempt_count"] = int(failure_count) if str(failure_count or "").isdigit() else None
+        fields["attempt_count"] = int(str(failure_count)) if str(failure_count or "").isdigit() else None
         declined = txn is not None and _s(txn, "status") not in SUCCESS_STATUSES
         code = _s(txn, "processor_response_code") if declined else None
         response_type = _s(txn, "processor_response_type") if declined else None

@@ -30,10 +30,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from dunning.signing import mac, sign
 from dunning.contracts import BillingEvent, EventKind
 from dunning.declines import classify
 from dunning.providers.errors import Ignored, WebhookError, provider_disabled
+from dunning.signing import mac, sign
 
 PROVIDER = "fake"
 SECRET_ENV = "DUNNING_FAKE_WEBHOOK_SECRET"
@@ -185,7 +185,7 @@ def parse_fake(
     else:
         decline_class = None
     return BillingEvent(
-        provider=PROVIDER,
+        provider="fake",
         event_id=event.id,
         event_type=event.type,
         kind=kind,

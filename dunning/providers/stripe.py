@@ -37,9 +37,10 @@ is read from, in order: the expanded `payment_intent.last_payment_error`, the
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import stripe
 
@@ -239,8 +240,8 @@ def invoice_plan(invoice: Json) -> str | None:
     first = (lines.get("data") or [None])[0] if isinstance(lines, dict) else None
     if not isinstance(first, dict):
         return None
-    pricing = first.get("pricing") if isinstance(first.get("pricing"), dict) else {}
-    price_details = pricing.get("price_details") if isinstance(pricing.get("price_details"), dict) else {}
+    pricing: Any = first.get("pricing") if isinstance(first.get("pricing"), dict) else {}
+    price_details: Any = pricing.get("price_details") if isinstance(pricing.get("price_details"), dict) else {}
     return (
         _id(first.get("price"))
         or _id(first.get("plan"))
@@ -359,7 +360,7 @@ class StripeProvider:
     """
 
     def __init__(self, api_key: str, *, api_base: str | None = None, max_network_retries: int = 2) -> None:
-        base = {"api": api_base.rstrip("/")} if api_base else None
+        base: Any = {"api": api_base.rstrip("/")} if api_base else None
         self.client = stripe.StripeClient(
             api_key, base_addresses=base, max_network_retries=max_network_retries
         )

@@ -1,14 +1,16 @@
-"""Entitlement per subscription: written only by the campaign, read by the host app.
+"""What the host app is told: entitlement and attention per subscription and customer.
 
-`requires_attention` reads the store only: no Temporal call, no side effect."""
+Read-only: entitlement is written by the campaign's own transactions
+(dunning.store.campaign_writes); the answer for a row is `dunning.ending.answer`, so it
+agrees with the campaign in every end state. No Temporal call, no side effect."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 
+from dunning import ending
 from dunning.config import ATTENTION_MESSAGE
 from dunning.store.schema import subscriptions
 from dunning.store.store import Store
@@ -27,41 +29,54 @@ class Attention:
     subscriptions: tuple[str, ...]  # the ones that need attention
 
 
-def set_entitlement(store: Store, subscription_id: str, level: str) -> str | None:
-    """Set the level; returns the previous one (None: unknown subscription, nothing written)."""
-    with store.engine.begin() as conn:
-        row = conn.execute(
-            select(subscriptions.c.entitlement).where(subscriptions.c.id == subscription_id)
-        ).first()
-        if row is None:
-            return None
-        conn.execute(
-            update(subscriptions)
-            .where(subscriptions.c.id == subscription_id)
-            .values(entitlement=level, updated_at=datetime.now(UTC))
-        )
-        return row.entitlement
+@dataclass(frozen=True)
+class Entitlement:
+    subscription_id: str
+    customer_id: str
+    entitlement: str
+    status: str
+    in_dunning: bool
+    requires_attention: bool
+    message: str | None
+    last_outcome: str | None
 
 
-def get_entitlement(store: Store, subscription_id: str) -> str | None:
+def _rank(level: str) -> float:
+    return SEVERITY.index(level) if level in SEVERITY else 1.5
+
+
+def get_entitlement(store: Store, subscription_id: str, message: str = DEFAULT_MESSAGE) -> str | None:
+    found = entitlement_of(store, subscription_id, message)
+    return found.entitlement if found else None
+
+
+def entitlement_of(store: Store, subscription_id: str, message: str = DEFAULT_MESSAGE) -> Entitlement | None:
     sub = store.get_subscription(subscription_id)
-    return sub.entitlement if sub else None
+    if sub is None:
+        return None
+    a = ending.answer(sub.status, sub.entitlement, sub.dunning_campaign_started_at is not None, sub.last_outcome, message)
+    return Entitlement(
+        sub.id, sub.customer_id, a.entitlement, sub.status, a.in_dunning, a.requires_attention, a.message,
+        sub.last_outcome,
+    )  # fmt: skip
 
 
-def _rank(level: str) -> int:
-    return SEVERITY.index(level) if level in SEVERITY else 1.5  # type: ignore[return-value]
-
-
-def requires_attention(store: Store, customer_id: str, message: str = DEFAULT_MESSAGE) -> Attention:
+def requires_attention(store: Store, customer_id: str, message: str = DEFAULT_MESSAGE) -> Attention | None:
     """Does this customer need attention, and what are they entitled to (the most
-    restrictive level over their subscriptions)?"""
+    restrictive level over their subscriptions)? None: the engine knows no subscription
+    of this customer."""
+    s = subscriptions.c
     with store.engine.connect() as conn:
         rows = conn.execute(
-            select(subscriptions.c.id, subscriptions.c.status, subscriptions.c.entitlement).where(
-                subscriptions.c.customer_id == customer_id
-            )
+            select(s.id, s.status, s.entitlement, s.dunning_campaign_started_at, s.last_outcome)
+            .where(s.customer_id == customer_id)
+            .order_by(s.id)
         ).all()
-    flagged = tuple(sorted(r.id for r in rows if r.status == "past_due" or r.entitlement not in ("full",)))
-    levels = [r.entitlement for r in rows] or ["full"]
-    worst = min(levels, key=_rank)
-    return Attention(customer_id, bool(flagged), worst, message if flagged else None, flagged)
+    if not rows:
+        return None
+    answers = [(r.id, ending.answer(r.status, r.entitlement, r.dunning_campaign_started_at is not None,
+                                    r.last_outcome, message)) for r in rows]  # fmt: skip
+    flagged = tuple(sub for sub, a in answers if a.requires_attention)
+    worst = min((a.entitlement for _, a in answers), key=_rank)
+    shown = next((a.message for _, a in answers if a.requires_attention and a.message), None)
+    return Attention(customer_id, bool(flagged), worst, shown if flagged else None, flagged)

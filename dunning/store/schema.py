@@ -53,6 +53,9 @@ subscriptions = Table(
     Column("decline_class", String(32), nullable=True),
     Column("last_event_at", UTCDateTime(), nullable=True),
     Column("updated_at", UTCDateTime(), nullable=False),
+    # written by a campaign's end (one transaction with its ledger row and entitlement)
+    Column("last_outcome", String(32), nullable=True),
+    Column("last_campaign_started_at", UTCDateTime(), nullable=True),
     Index(None, "customer_id"),
 )
 

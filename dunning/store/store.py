@@ -23,6 +23,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import StaticPool
 
+from dunning import ending
 from dunning.contracts import BillingEvent
 from dunning.projection import Decision
 from dunning.store.schema import customers, dunning_events, inbox, step_deliveries, subscriptions
@@ -55,6 +56,25 @@ class Subscription:
     entitlement: str
     decline_class: str | None
     last_event_at: datetime | None
+    last_outcome: str | None = None
+    last_campaign_started_at: datetime | None = None
+
+
+def _sub_cols() -> tuple[Any, ...]:
+    s = subscriptions.c
+    return (s.id, s.customer_id, s.provider, s.status, s.dunning_campaign_started_at, s.entitlement,
+            s.decline_class, s.last_event_at, s.last_outcome, s.last_campaign_started_at)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class EffectClaim:
+    """An effect's claim, taken in the same transaction as the check that the campaign is
+    still the subscription's: 'claimed' by `owner`, already 'sent', or `stale` (nothing
+    claimed, nothing to do)."""
+
+    state: str  # claimed | sent | stale
+    owner: str = ""
+    stale: ending.Stale | None = None
 
 
 @dataclass(frozen=True)
@@ -191,9 +211,18 @@ class Store:
         self._engine.dispose()
 
     @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """One write transaction (for the table-family modules in dunning/store/)."""
+        with self._engine.begin() as conn:
+            yield conn
+
+    @contextmanager
     def _write(self) -> Iterator[Connection]:
         with self._engine.begin() as conn:
             yield conn
+
+    def insert(self, table: Table) -> Any:
+        return self._insert(table)
 
     def _insert(self, table: Table) -> Any:
         return pg_insert(table) if self._pg else sqlite_insert(table)
@@ -222,58 +251,28 @@ class Store:
 
     # --- subscription projection -------------------------------------------------------
     def get_subscription(self, id: str) -> Subscription | None:
-        s = subscriptions.c
-        cols = (s.id, s.customer_id, s.provider, s.status, s.dunning_campaign_started_at, s.entitlement,
-                s.decline_class, s.last_event_at)  # fmt: skip
         with self._reader.connect() as conn:
-            row = conn.execute(select(*cols).where(s.id == id)).first()
+            row = conn.execute(select(*_sub_cols()).where(subscriptions.c.id == id)).first()
         return Subscription(*row) if row else None
 
-    def begin_dunning(self, subscription_id: str, customer_id: str, provider: str, anchor: datetime) -> None:
-        """The subscription is past_due from `anchor` on; entitlement is left as it is.
-        A canceled subscription, or one whose projection holds a newer event than the
-        anchor (a payment recorded after this failure), is left alone: the campaign's
-        guard then ends it without sending anything."""
-        anchor = _utc("anchor", anchor)
-        now = _now()
-        ins = self._insert(subscriptions).values(
-            id=subscription_id, customer_id=customer_id, provider=provider, status="past_due",
-            dunning_campaign_started_at=anchor, updated_at=now,
-        )  # fmt: skip
-        stmt = ins.on_conflict_do_update(
-            index_elements=[subscriptions.c.id],
-            set_={"customer_id": customer_id, "provider": provider, "status": "past_due",
-                  "dunning_campaign_started_at": anchor, "updated_at": now},
-            where=(subscriptions.c.status != "canceled")
-            & (subscriptions.c.last_event_at.is_(None) | (subscriptions.c.last_event_at <= anchor)),
-        )  # fmt: skip
-        with self._write() as conn:
-            conn.execute(stmt)
+    def lock_subscription(self, conn: Connection, id: str) -> None:
+        """Serialize this transaction with every other decision about subscription `id`
+        (PostgreSQL: an advisory lock on the id, held even while no row exists; SQLite:
+        BEGIN IMMEDIATE already holds the database's write lock)."""
+        if self._pg:
+            conn.execute(text("SELECT pg_advisory_xact_lock(:cls, hashtext(:id))"), {"cls": _PROJECTION_LOCK, "id": id})
 
-    def end_dunning(self, subscription_id: str, anchor: datetime, status: str) -> bool:
-        """Compare-and-set: end the campaign only if it is still the one begun at `anchor`."""
-        anchor = _utc("anchor", anchor)
-        s = subscriptions.c
-        stmt = (
-            update(subscriptions)
-            .where(s.id == subscription_id, s.dunning_campaign_started_at == anchor)
-            .values(status=status, dunning_campaign_started_at=None, updated_at=_now())
-        )
-        with self._write() as conn:
-            return conn.execute(stmt).rowcount == 1
-
-    def set_subscription_status(self, subscription_id: str, status: str) -> None:
-        """Set the status only (the anchor stays); KeyError if the subscription is unknown."""
-        stmt = (
-            update(subscriptions)
-            .where(subscriptions.c.id == subscription_id)
-            .values(status=status, updated_at=_now())
-        )
-        with self._write() as conn:
-            if conn.execute(stmt).rowcount != 1:
-                raise KeyError(f"no subscription {subscription_id!r}")
+    def locked_subscription(self, conn: Connection, id: str) -> Subscription | None:
+        """The row, locked for the rest of the transaction (PostgreSQL: FOR UPDATE;
+        SQLite: the write transaction already holds the database lock)."""
+        query = select(*_sub_cols()).where(subscriptions.c.id == id)
+        row = conn.execute(query.with_for_update() if self._pg else query).first()
+        return Subscription(*row) if row else None
 
     # --- ledger ------------------------------------------------------------------------
+    def ledger_insert(self, **values: Any) -> Any:
+        return self._ledger_insert(**values)
+
     def _ledger_insert(self, **values: Any) -> Any:
         return self._insert(dunning_events).values(**values).on_conflict_do_nothing(index_elements=_LEDGER_KEY)
 
@@ -357,7 +356,7 @@ class Store:
         step_key: str,
         message_id: str,
         at: datetime,
-        ledger_type: str = "dunning.step_sent",
+        ledger_type: str | None = "dunning.step_sent",
         data: dict[str, Any] | None = None,
     ) -> None:
         """One transaction: the delivery becomes 'sent' and the ledger gets its single
@@ -375,13 +374,14 @@ class Store:
             where=step_deliveries.c.state == "claimed",
         )
         ledger = self._ledger_insert(
-            type=ledger_type, subscription_id=subscription_id, customer_id=customer_id,
+            type=ledger_type or "", subscription_id=subscription_id, customer_id=customer_id,
             campaign_started_at=started, step_key=step_key, data={"message_id": message_id, **(data or {})},
             occurred_at=at, recorded_at=_now(),
         )  # fmt: skip
         with self._write() as conn:
             conn.execute(upsert)
-            conn.execute(ledger)
+            if ledger_type is not None:
+                conn.execute(ledger)
 
     def unconfirmed_deliveries(self) -> list[tuple[str, datetime, str]]:
         """(subscription_id, campaign_started_at, step_key) of claims never marked sent."""
@@ -490,14 +490,9 @@ class Store:
         if not event.subscription_id:
             raise ValueError(f"event {event.event_id!r} names no subscription")
         sub_id = event.subscription_id
-        s, i = subscriptions.c, inbox.c
-        cols = (s.id, s.customer_id, s.provider, s.status, s.dunning_campaign_started_at, s.entitlement,
-                s.decline_class, s.last_event_at)  # fmt: skip
+        i = inbox.c
         with self._write() as conn:
-            if self._pg:
-                conn.execute(
-                    text("SELECT pg_advisory_xact_lock(:cls, hashtext(:id))"), {"cls": _PROJECTION_LOCK, "id": sub_id}
-                )
+            self.lock_subscription(conn, sub_id)
             where_inbox = (i.provider == event.provider) & (i.event_id == event.event_id)
             stored = conn.execute(select(i.payload).where(where_inbox)).first()
             if stored is not None and isinstance(stored.payload, dict) and stored.payload.get("decision"):
@@ -505,9 +500,7 @@ class Store:
                 if decided.action != "stale":  # a redelivery may carry the email the stored event lacks
                     self._customer_from_event(conn, decided.customer_id, event)
                 return decided
-            query = select(*cols).where(s.id == sub_id)
-            row = conn.execute(query.with_for_update() if self._pg else query).first()
-            decision = decide_fn(Subscription(*row) if row else None, event)
+            decision = decide_fn(self.locked_subscription(conn, sub_id), event)
             if decision.write:
                 self._write_projection(conn, decision)
             if decision.action != "stale":
@@ -517,6 +510,9 @@ class Store:
                 payload["decision"] = decision.model_dump(mode="json")
                 conn.execute(update(inbox).where(where_inbox).values(payload=payload))
         return decision
+
+    def write_projection(self, conn: Connection, d: Decision) -> None:
+        self._write_projection(conn, d)
 
     def _write_projection(self, conn: Connection, d: Decision) -> None:
         now = _now()
