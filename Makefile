@@ -1,11 +1,11 @@
 # Two commands on a fresh machine with Python 3.11+:
 #   make run    set up a venv and run the whole engine (`dunning dev`)
-#   make test   set up a venv and run every test (PostgreSQL lane included)
+#   make test   set up a venv, run ruff and mypy, then every test (PostgreSQL lane included)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup run test clean
+.PHONY: setup run test lint clean
 
 setup: $(VENV)/.installed
 
@@ -19,7 +19,11 @@ $(VENV)/.installed: pyproject.toml
 run: setup
 	$(BIN)/dunning dev
 
-test: setup
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: lint
 	$(BIN)/pytest -q
 
 
