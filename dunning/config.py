@@ -19,6 +19,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from dunning.consequences import first_match
 from dunning.contracts import DECLINE_CLASSES, CampaignPlan, ConsequenceRule, RetryPolicy, StepSpec
 
 BUILTIN_TEMPLATES = Path(__file__).parent / "email" / "templates"
@@ -59,19 +60,6 @@ def default_ladder() -> list[ConsequenceRule]:
     ]
 
 
-def _first_match(ladder: list[ConsequenceRule], days: float, decline_class: str, amount_due: int | None) -> int | None:
-    """Index of the rung `dunning.consequences.level_at` picks (first whose conditions hold)."""
-    for i, rule in enumerate(ladder):
-        if days < rule.min_days:
-            continue
-        if rule.decline_class is not None and rule.decline_class != decline_class:
-            continue
-        if rule.min_amount_due is not None and (amount_due is None or amount_due < rule.min_amount_due):
-            continue
-        return i
-    return None
-
-
 def _rung(i: int, rule: ConsequenceRule) -> str:
     return f"campaign.consequences[{i}], level {rule.level!r}, min_days {rule.min_days:g}"
 
@@ -94,7 +82,7 @@ def _unreachable_rung(ladder: list[ConsequenceRule], grace_days: float) -> str |
         for day in days:
             for cls_ in DECLINE_CLASSES:
                 for amount in amounts:
-                    won = _first_match(ladder, day, cls_, amount)
+                    won = first_match(ladder, day, cls_, amount)
                     if won == i:
                         reachable = True
                         break

@@ -14,16 +14,24 @@ from dunning.contracts import ConsequenceRule
 START_LEVEL = "full"
 
 
-def level_at(ladder: Sequence[ConsequenceRule], days: float, decline_class: str | None, amount_due: int | None) -> str:
-    for rule in ladder:
+def first_match(
+    ladder: Sequence[ConsequenceRule], days: float, decline_class: str | None, amount_due: int | None
+) -> int | None:
+    """Index of the first rung whose conditions all hold (None: none does)."""
+    for i, rule in enumerate(ladder):
         if days < rule.min_days:
             continue
         if rule.decline_class is not None and rule.decline_class != decline_class:
             continue
         if rule.min_amount_due is not None and (amount_due is None or amount_due < rule.min_amount_due):
             continue
-        return rule.level
-    return START_LEVEL
+        return i
+    return None
+
+
+def level_at(ladder: Sequence[ConsequenceRule], days: float, decline_class: str | None, amount_due: int | None) -> str:
+    i = first_match(ladder, days, decline_class, amount_due)
+    return START_LEVEL if i is None else ladder[i].level
 
 
 def changes(

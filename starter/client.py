@@ -15,6 +15,7 @@ import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from pydantic import BaseModel
 from temporalio.client import (
@@ -102,27 +103,12 @@ class DunningClient:
         return await receive_event(self.store, self._self, event)
 
     async def start_campaign(
-        self,
-        subscription_id: str,
-        customer_id: str,
-        email: str | None,
-        failed_at: datetime | None = None,
-        *,
-        provider: str = "fake",
-        name: str | None = None,
-        decline_class: str | None = None,
-        invoice_id: str | None = None,
-        amount_due: int | None = None,
-        plan_id: str | None = None,
+        self, subscription_id: str, customer_id: str, email: str | None, failed_at: datetime | None = None, **details: Any
     ) -> WorkflowHandle:
         """A payment failed: the failure goes through the receive path (inbox, projection,
         update-with-start). A running campaign is reached, never duplicated. The email
-        goes to the store only."""
-        received = await self.fail_payment(
-            subscription_id, customer_id, email, failed_at, provider=provider, name=name,
-            decline_class=decline_class, invoice_id=invoice_id, amount_due=amount_due, plan_id=plan_id,
-        )  # fmt: skip
-        del received
+        goes to the store only. `details`: as `fail_payment`."""
+        await self.fail_payment(subscription_id, customer_id, email, failed_at, **details)
         return self._handle(subscription_id)
 
     async def fail_payment(
