@@ -25,18 +25,12 @@ from dunning.contracts import (
     EntitlementChange,
     StepOutcome,
     StepRequest,
-    Superseded,
 )
 from dunning.email.message import build_message, domain_of, message_id_for
 from dunning.email.render import render
 from dunning.email.sender import SmtpError, send_message
-from dunning.ending import Stale
 from dunning.store import campaign_writes
 from dunning.store.store import Store
-
-
-def superseded(stale: Stale) -> Superseded:
-    return Superseded(outcome=stale.outcome, reason=stale.reason, kind=stale.kind)
 
 
 class CampaignActivities:
@@ -60,7 +54,7 @@ class CampaignActivities:
             )
 
         await asyncio.to_thread(write)
-        return self.settings.plan(inp.provider).model_copy(update={"outbound": bool(self.settings.outbound_urls)})
+        return self.settings.plan(inp.provider)
 
     @activity.defn(name="send_step_email")
     async def send_step_email(self, req: StepRequest) -> StepOutcome:
@@ -83,7 +77,7 @@ class CampaignActivities:
         state, owner = claim.state, claim.owner
         if claim.stale is not None:
             return StepOutcome(
-                step_key=req.step_key, status="superseded", message_id=message_id, superseded=superseded(claim.stale)
+                step_key=req.step_key, status="superseded", message_id=message_id, superseded=claim.stale
             )
         if state == "sent":
             return StepOutcome(step_key=req.step_key, status="already_sent", message_id=message_id)
@@ -156,7 +150,7 @@ class CampaignActivities:
         applied in one transaction)."""
         stale = await asyncio.to_thread(campaign_writes.change_entitlement, self.store, change)
         if stale is not None:
-            return EffectOutcome(status="superseded", superseded=superseded(stale))
+            return EffectOutcome(status="superseded", superseded=stale)
         return EffectOutcome(status="done", detail=change.level)
 
     @activity.defn(name="finish_campaign")

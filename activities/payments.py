@@ -13,7 +13,6 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.attempt import attempt_token
-from activities.campaign import superseded
 from dunning.config import ConfigError, Settings
 from dunning.contracts import EffectOutcome, RetryOutcome, RetryRequest, TerminalRequest
 from dunning.providers.actions import ProviderError, provider_for
@@ -41,7 +40,7 @@ class PaymentActivities:
         def run() -> RetryOutcome:
             claim = self._claim(req.subscription_id, req.campaign_started_at, req.retry_key, idem, token)
             if claim.stale is not None:  # paid or resolved meanwhile: no charge
-                return RetryOutcome(retry_key=req.retry_key, status="superseded", superseded=superseded(claim.stale))
+                return RetryOutcome(retry_key=req.retry_key, status="superseded", superseded=claim.stale)
             if claim.state == "sent" or claim.owner != token:
                 # Done before (return its recorded result), or claimed by an attempt that
                 # died mid-call: never charge again blindly.
@@ -95,7 +94,7 @@ class PaymentActivities:
         def run() -> EffectOutcome:
             claim = self._claim(req.subscription_id, req.campaign_started_at, "terminal", idem, token)
             if claim.stale is not None:
-                return EffectOutcome(status="superseded", superseded=superseded(claim.stale))
+                return EffectOutcome(status="superseded", superseded=claim.stale)
             if claim.state == "sent":
                 return EffectOutcome(status="done", detail=f"{req.action}: done before")
             provider = provider_for(req.provider, self.settings, self.store)

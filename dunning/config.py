@@ -298,6 +298,7 @@ class Settings(BaseSettings):
             retry_policies=self.campaign.retries,
             ladder=self.campaign.consequences,
             on_exhaustion=policy.on_exhaustion,
+            outbound=bool(self.outbound_urls),
         )
 
 

@@ -239,6 +239,8 @@ class RecoverResult(BaseModel):
     outcome: Outcome | None = None
     subscription_id: str
     campaign_started_at: datetime | None = None
+    event_id: str = ""  # the payment service's event (its idempotency key, prefixed)
+    duplicate: bool = False  # a repeat of that event: the first answer, nothing new done
 
 
 class AttachRequest(BaseModel):

@@ -23,6 +23,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
+from dunning.contracts import Superseded
+from dunning.projection import ENDINGS
+
 ClaimKind = Literal["paid", "resolved", "exhausted"]
 PAID: ClaimKind = "paid"
 RESOLVED: ClaimKind = "resolved"
@@ -70,12 +73,8 @@ def winner(claims: Iterable[Claim], terminal_ran: bool) -> End | None:
 
 # --- what an end leaves behind ------------------------------------------------------
 FULL, CANCELED = "full", "canceled"
-# status the projection takes when a resolution ends the campaign (dunning.projection.ENDINGS)
-RESOLVED_STATUS = {
-    "invoice_voided": "active",
-    "invoice_marked_uncollectible": "uncollectible",
-    "subscription_canceled": "canceled",
-}
+# the status the projection takes for each event that resolves a campaign
+RESOLVED_STATUS = {kind.value: status for kind, status in ENDINGS.items()}
 
 
 def end_state(outcome: str, resolution: str, on_exhaustion: str) -> tuple[str, str]:
@@ -105,43 +104,36 @@ class Answer:
     entitlement: str
     requires_attention: bool
     message: str | None
-    in_dunning: bool
 
 
-def answer(status: str, entitlement: str, in_dunning: bool, last_outcome: str | None, past_due_message: str) -> Answer:
+def answer(status: str, entitlement: str, last_outcome: str | None, past_due_message: str) -> Answer:
     """What the host app is told for one subscription row. A canceled subscription is
     entitled to nothing, whoever cancelled it; attention is needed while past_due, after
     exhaustion, and after a late payment that needs reactivating."""
     level = CANCELED if status == "canceled" else entitlement
     if status == "past_due":
-        return Answer(level, True, past_due_message, in_dunning)
+        return Answer(level, True, past_due_message)
     if last_outcome == "recovered_after_cancel" and status in ("canceled", "unpaid"):
-        return Answer(level, True, MSG_AFTER_CANCEL, in_dunning)
+        return Answer(level, True, MSG_AFTER_CANCEL)
     if last_outcome == "exhausted" and status in ("canceled", "unpaid"):
-        return Answer(level, True, MSG_EXHAUSTED, in_dunning)
-    return Answer(level, level != FULL and status != "canceled", None, in_dunning)
+        return Answer(level, True, MSG_EXHAUSTED)
+    return Answer(level, level != FULL and status != "canceled", None)
 
 
 # --- check-and-act --------------------------------------------------------------------
-@dataclass(frozen=True)
-class Stale:
-    """Why an effect must not run: the campaign is no longer the subscription's."""
-
-    outcome: Literal["recovered", "resolved"]
-    reason: str
-    kind: str
+# what resolved a campaign whose effect finds the projection in this status
+_RESOLVED_BY = {status: kind for kind, status in RESOLVED_STATUS.items() if status != "active"}
 
 
-def superseded(status: str | None, anchor: datetime | None, campaign_anchor: datetime) -> Stale | None:
+def superseded(status: str | None, anchor: datetime | None, campaign_anchor: datetime) -> Superseded | None:
     """Is the campaign begun at `campaign_anchor` still wanted, given the projection's
-    status and anchor? None: yes (still past_due with this anchor)."""
+    status and anchor? None: yes (still past_due with this anchor); else why not."""
     if status is None:
-        return Stale("resolved", "subscription not found", "unknown")
+        return Superseded(outcome="resolved", reason="subscription not found", kind="unknown")
     if status == "active":
-        return Stale("recovered", "subscription is active", "active")
+        return Superseded(outcome="recovered", reason="subscription is active", kind="active")
     if status != "past_due":  # canceled, uncollectible, unpaid: ended without payment
-        kind = {"canceled": "subscription_canceled", "uncollectible": "invoice_marked_uncollectible"}.get(status, status)
-        return Stale("resolved", f"subscription is {status}", kind)
+        return Superseded(outcome="resolved", reason=f"subscription is {status}", kind=_RESOLVED_BY.get(status, status))
     if anchor != campaign_anchor:
-        return Stale("resolved", "campaign anchor changed", "superseded")
+        return Superseded(outcome="resolved", reason="campaign anchor changed", kind="superseded")
     return None

@@ -191,7 +191,9 @@ def _reason(event: BillingEvent) -> str:
     return f"{what}: {event.provider} {event.event_type[:100]} {event.event_id[:100]}"
 
 
-def decide_end(current: Current | None, anchor: datetime, outcome: str, status: str) -> Decision | None:
+def decide_end(
+    current: Current | None, subscription_id: str, anchor: datetime, outcome: str, status: str
+) -> Decision | None:
     """The projection after the campaign begun at `anchor` ended with `outcome`, leaving
     `status` (dunning.ending.end_state). None: nothing to write, because a newer billing
     event already decided the status (the anchor is no longer this campaign's)."""
@@ -201,7 +203,7 @@ def decide_end(current: Current | None, anchor: datetime, outcome: str, status: 
     if not after_cancel and (current.dunning_campaign_started_at != anchor or current.status != PAST_DUE):
         return None  # a newer event decided; but a cancel that ran at the provider stays true
     return Decision(
-        action="none", subscription_id="", status=status, anchor=None, last_event_at=current.last_event_at,
+        action="none", subscription_id=subscription_id, status=status, anchor=None, last_event_at=current.last_event_at,
         decline_class=None, customer_id=current.customer_id, provider=current.provider,
         reason=f"campaign ended {outcome}",
     )  # fmt: skip

@@ -17,7 +17,6 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel
 from temporalio.client import (
     Client,
     WithStartWorkflowOperation,
@@ -42,6 +41,7 @@ from dunning.contracts import (
     CampaignState,
     EventKind,
     RecoverRequest,
+    RecoverResult,
     Resolution,
 )
 from dunning.store.entitlements import Attention, requires_attention
@@ -56,16 +56,6 @@ SERVICE_PREFIX = "payment_service:"
 
 class UnknownSubscription(LookupError):
     """The subscription is not known to the engine (or never had a campaign)."""
-
-
-class Recovery(BaseModel):
-    """The answer to the payment service: what the campaign really did."""
-
-    subscription_id: str
-    status: str  # recovered | recovered_after_cancel | already_ended | no_campaign
-    outcome: str | None = None  # how the campaign ended
-    event_id: str
-    duplicate: bool = False
 
 
 def _us(at: datetime) -> int:
@@ -147,7 +137,7 @@ class DunningClient:
 
     async def payment_recovered(
         self, subscription_id: str, reason: str = "payment recovered", idempotency_key: str | None = None
-    ) -> Recovery:
+    ) -> RecoverResult:
         """The payment service: the payment came in. Answers what the campaign really did.
         With the same `idempotency_key`, a repeat is a no-op that returns the first answer."""
         sub = await asyncio.to_thread(self.store.get_subscription, subscription_id)
@@ -167,24 +157,26 @@ class DunningClient:
         received = await self.receive(event)
         return await self._recovery(subscription_id, event_id, received)
 
-    async def _recovery(self, subscription_id: str, event_id: str, received: Received) -> Recovery:
+    async def _recovery(self, subscription_id: str, event_id: str, received: Received) -> RecoverResult:
+        """The answer from what dispatch recorded on the inbox row (so a repeat answers the same)."""
         result = received.result
-        duplicate = received.status == "duplicate"
-        if result.startswith("already_ended:"):
-            return Recovery(
-                subscription_id=subscription_id, status="already_ended", outcome=result.split(":", 1)[1],
-                event_id=event_id, duplicate=duplicate,
-            )  # fmt: skip
-        if result in ("recovered", "recovered_after_cancel", "no_campaign"):
-            outcome = None if result == "no_campaign" else result
-            return Recovery(
-                subscription_id=subscription_id, status=result, outcome=outcome, event_id=event_id, duplicate=duplicate
+
+        def answer(status: str, outcome: str | None = None) -> RecoverResult:
+            return RecoverResult.model_validate(
+                {"status": status, "outcome": outcome, "subscription_id": subscription_id, "event_id": event_id,
+                 "duplicate": received.status == "duplicate"}  # fmt: skip
             )
+
+        if result.startswith("already_ended:"):
+            return answer("already_ended", result.split(":", 1)[1])
+        if result in ("recovered", "recovered_after_cancel"):
+            return answer(result, result)
+        if result == "no_campaign":
+            return answer(result)
         # not past_due when it arrived (nothing to end): say how the last campaign ended
         sub = await asyncio.to_thread(self.store.get_subscription, subscription_id)
         last = sub.last_outcome if sub else None
-        status = "already_ended" if last else "no_campaign"
-        return Recovery(subscription_id=subscription_id, status=status, outcome=last, event_id=event_id, duplicate=duplicate)
+        return answer("already_ended" if last else "no_campaign", last)
 
     # --- what dispatch sends ------------------------------------------------------------
     def _start_op(self, inp: CampaignInput) -> WithStartWorkflowOperation:
@@ -309,4 +301,4 @@ class DunningClient:
         raise RuntimeError(f"campaign {handle.id} ended {desc.status.name.lower()} (see the Temporal UI)")
 
 
-__all__ = ["DunningClient", "Recovery", "UnknownSubscription", "WORKFLOW_NAME"]
+__all__ = ["DunningClient", "UnknownSubscription", "WORKFLOW_NAME"]

@@ -13,8 +13,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import event, select
 
-from dunning.contracts import BillingEvent, CampaignEnd, EntitlementChange, EventKind
-from dunning.ending import Stale
+from dunning.contracts import BillingEvent, CampaignEnd, EntitlementChange, EventKind, Superseded
 from dunning.projection import decide
 from dunning.store.campaign_writes import change_entitlement, claim_effect, finish_campaign
 from dunning.store.schema import step_deliveries
@@ -23,6 +22,10 @@ from dunning.store.store import EffectClaim, Store
 T0 = datetime(2025, 3, 1, 9, 30, 15, 123456, tzinfo=UTC)
 DAY = timedelta(days=1)
 SUB, CUS = "sub_1", "cus_1"
+
+
+def Stale(outcome: str, reason: str, kind: str) -> Superseded:  # noqa: N802 - reads as the value it builds
+    return Superseded(outcome=outcome, reason=reason, kind=kind)  # type: ignore[arg-type]
 
 _TYPES = {
     EventKind.payment_failed: "payment.failed",

@@ -49,11 +49,14 @@ class PayDuring(Interceptor):
         self.activity_type, self.phase = activity_type, phase
 
     async def pay(self, subscription_id: str) -> None:
+        """Pay, and go on once the projection has decided the payment (its Update may
+        only answer after the activity this interceptor holds)."""
         assert self.client is not None
-        self.answer = asyncio.create_task(self.client.payment_recovered(subscription_id, "paid by bank transfer"))
+        key = f"race-{subscription_id}"
+        self.answer = asyncio.create_task(self.client.payment_recovered(subscription_id, "paid by bank transfer", key))
         for _ in range(500):
-            sub = await asyncio.to_thread(self.client.store.get_subscription, subscription_id)
-            if sub is not None and sub.status != "past_due":
+            row = await asyncio.to_thread(self.client.store.inbox_get, "fake", f"payment_service:{key}")
+            if row is not None and row.payload.get("decision"):
                 return
             await asyncio.sleep(0.01)
         raise AssertionError("the payment never reached the projection")
@@ -154,6 +157,26 @@ async def test_a_payment_while_the_cancel_runs_is_recovered_after_cancel_never_e
     ent = entitlement_of(store, sub)
     assert ent is not None and ent.last_outcome == "recovered_after_cancel"
     assert ent.requires_attention and "reactivat" in (ent.message or "")
+
+
+@pytest.mark.parametrize("phase", ["before", "after"])
+async def test_a_payment_while_the_exhausted_end_is_recorded_is_recovered_after_cancel(
+    tenv, new_sub, store, settings, mailbox, phase
+):
+    """The end was decided `exhausted` (the cancel ran) and its record is being written
+    when the payment lands: before the end's transaction, or after it while the run is
+    still open. Either way: one cancel, and the payment is recorded for this campaign."""
+    sub, state, answer = await run_race(
+        tenv, settings, store, new_sub, f"race_end_{phase}", "finish_campaign", phase, "soft", DECLINE
+    )
+
+    assert len(cancels(store, sub)) == 1
+    assert (answer.status, answer.outcome) == ("recovered_after_cancel", "recovered_after_cancel")
+    assert state.outcome == "recovered_after_cancel" and state.reason == "paid by bank transfer"
+    assert len(ledger(store, sub, "dunning.exhausted")) == 1
+    assert len(ledger(store, sub, "dunning.recovered_after_cancel")) == 1 and ledger(store, sub, "dunning.recovered") == []
+    ent = entitlement_of(store, sub)
+    assert ent is not None and (ent.status, ent.entitlement, ent.last_outcome) == ("canceled", "canceled", "recovered_after_cancel")
 
 
 async def test_a_payment_after_the_exhausted_campaign_ended_is_recorded_for_that_campaign(

@@ -181,12 +181,21 @@ class DunningCampaign:
             else:
                 await self._send(inp, plan, due)
             handled.add(due.key)
-        final = ending.winner(self._claims, self._terminal_ran) or ending.End("exhausted", EXHAUSTED_REASON)
-        await self._finish(inp, final)
-        while self._late_pending():  # paid while the exhausted end was being recorded
-            await self._finish(inp, ending.End("recovered_after_cancel", self._late_reason()))
-        await workflow.wait_condition(workflow.all_handlers_finished)
-        return self._state
+        self._final = ending.winner(self._claims, self._terminal_ran) or ending.End("exhausted", EXHAUSTED_REASON)
+        await self._finish(inp, self._final)
+        return await self._settle(inp)
+
+    async def _settle(self, inp: CampaignInput) -> CampaignState:
+        """Before the run ends: a payment that reaches an exhausted end (a signal, or the
+        `recover` Update, at any moment until the run closes) is recorded as
+        `recovered_after_cancel`; then every handler has finished."""
+        while True:
+            await workflow.wait_condition(lambda: self._late_pending() or workflow.all_handlers_finished())
+            if not self._late_pending():
+                return self._state
+            late = ending.winner(self._claims, terminal_ran=True)
+            assert late is not None  # a payment is pending
+            await self._finish(inp, late)
 
     async def _after_cancel(self, inp: CampaignInput) -> CampaignState:
         """A payment after the exhausted campaign begun at `inp.failed_at` was cancelled at
@@ -197,10 +206,9 @@ class DunningCampaign:
         self._final = ending.End("exhausted", EXHAUSTED_REASON)
         self._recorded = True
         self._state.outcome = "exhausted"
-        reason = self._late_reason() or "payment after the terminal action"
-        await self._finish(inp, ending.End("recovered_after_cancel", reason))
-        await workflow.wait_condition(workflow.all_handlers_finished)
-        return self._state
+        if not any(c.kind == ending.PAID for c in self._claims):  # started without a message
+            self._claim(ending.PAID, "payment after the terminal action")
+        return await self._settle(inp)
 
     def _late_possible(self) -> bool:
         return self._final is not None and self._final.outcome == "exhausted" and self._state.outcome == "exhausted"
@@ -208,10 +216,6 @@ class DunningCampaign:
     def _late_pending(self) -> bool:
         """A payment arrived after an exhausted end was decided and it is not recorded yet."""
         return self._late_possible() and any(c.kind == ending.PAID for c in self._claims)
-
-    def _late_reason(self) -> str:
-        paid = sorted((c.inferred, c.at, c.reason) for c in self._claims if c.kind == ending.PAID)
-        return paid[0][2] if paid else ""
 
     async def _sleep(self, delay: timedelta) -> None:
         try:
@@ -332,7 +336,6 @@ class DunningCampaign:
 
     async def _finish(self, inp: CampaignInput, end: ending.End) -> None:
         plan = self._plan
-        self._final = self._final or end
         entitlement = await workflow.execute_activity_method(
             CampaignActivities.finish_campaign,
             CampaignEnd(

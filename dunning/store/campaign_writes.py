@@ -12,36 +12,24 @@ Facts and their one writer here: entitlement, the ledger rows of a campaign and 
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, select, update
 
 from dunning import ending
-from dunning.contracts import CampaignEnd, EntitlementChange
+from dunning.contracts import CampaignEnd, EntitlementChange, Superseded
 from dunning.projection import decide_end
 from dunning.store.schema import dunning_events, step_deliveries, subscriptions
-from dunning.store.store import EffectClaim, Store
-
-_DELIVERY_KEY = ["subscription_id", "campaign_started_at", "step_key"]
+from dunning.store.store import _DELIVERY_KEY, EffectClaim, Store, _now, _utc
 
 
-def _utc(value: datetime) -> datetime:
-    if value.tzinfo is None:
-        raise ValueError(f"{value!r}: must be a timezone-aware datetime")
-    return value.astimezone(UTC)
-
-
-def _delivery(conn: Connection, sub: str, started: datetime, key: str) -> Any:
+def _delivery(store: Store, conn: Connection, sub: str, started: datetime, key: str) -> Any:
     d = step_deliveries.c
-    return conn.execute(
-        select(d.state, d.claimed_by).where(
-            d.subscription_id == sub, d.campaign_started_at == started, d.step_key == key
-        )
-    ).first()
+    return conn.execute(select(d.state, d.claimed_by).where(store.delivery(sub, started, key))).first()
 
 
-def _check(store: Store, conn: Connection, sub: str, started: datetime) -> ending.Stale | None:
+def _check(store: Store, conn: Connection, sub: str, started: datetime) -> Superseded | None:
     store.lock_subscription(conn, sub)
     row = store.locked_subscription(conn, sub)
     return ending.superseded(row.status if row else None, row.dunning_campaign_started_at if row else None, started)
@@ -52,9 +40,9 @@ def claim_effect(
 ) -> EffectClaim:
     """Check and claim in one transaction. Already 'sent' wins over a stale check (the
     effect happened; its record is the answer); otherwise a stale campaign claims nothing."""
-    started = _utc(campaign_started_at)
+    started = _utc("campaign_started_at", campaign_started_at)
     with store.write() as conn:
-        existing = _delivery(conn, sub, started, key)
+        existing = _delivery(store, conn, sub, started, key)
         if existing is not None and existing.state == "sent":
             return EffectClaim("sent", existing.claimed_by)
         stale = _check(store, conn, sub, started)
@@ -62,22 +50,17 @@ def claim_effect(
             return EffectClaim("stale", stale=stale)
         if existing is not None:
             return EffectClaim(existing.state, existing.claimed_by)
-        conn.execute(
-            store.insert(step_deliveries).values(
-                subscription_id=sub, campaign_started_at=started, step_key=key, state="claimed",
-                message_id=message_id, claimed_by=token, claimed_at=_utc(at),
-            )  # fmt: skip
-        )
+        conn.execute(store.claim_insert(sub, started, key, message_id, token, at))
     return EffectClaim("claimed", token)
 
 
-def change_entitlement(store: Store, change: EntitlementChange) -> ending.Stale | None:
+def change_entitlement(store: Store, change: EntitlementChange) -> Superseded | None:
     """Move the subscription along the ladder: check, entitlement, ledger row and the
     step's delivery row in one transaction; a repeat changes nothing. Returns why it was
     stale, or None when applied (now or before)."""
-    started, at = _utc(change.campaign_started_at), _utc(change.at)
+    started, at = _utc("campaign_started_at", change.campaign_started_at), _utc("at", change.at)
     with store.write() as conn:
-        existing = _delivery(conn, change.subscription_id, started, change.key)
+        existing = _delivery(store, conn, change.subscription_id, started, change.key)
         if existing is not None and existing.state == "sent":
             return None
         stale = _check(store, conn, change.subscription_id, started)
@@ -105,7 +88,7 @@ def finish_campaign(store: Store, end: CampaignEnd, day_seconds: float) -> tuple
     outcome's ledger row (and `bad_debt.entered` on exhaustion), the entitlement it leaves,
     `last_outcome`, and the projection's end (`decide_end`: only while the projection still
     holds this campaign's anchor). Returns (status, entitlement) it leaves behind."""
-    started, at = _utc(end.campaign_started_at), _utc(end.at)
+    started, at = _utc("campaign_started_at", end.campaign_started_at), _utc("at", end.at)
     status, level = ending.end_state(end.outcome, end.kind, end.on_exhaustion)
     with store.write() as conn:
         store.lock_subscription(conn, end.subscription_id)
@@ -125,9 +108,9 @@ def finish_campaign(store: Store, end: CampaignEnd, day_seconds: float) -> tuple
                 .where(subscriptions.c.id == end.subscription_id)
                 .values(last_outcome=end.outcome, last_campaign_started_at=started, updated_at=_now())
             )
-        decision = decide_end(current, started, end.outcome, status)
+        decision = decide_end(current, end.subscription_id, started, end.outcome, status)
         if decision is not None:
-            store.write_projection(conn, decision.model_copy(update={"subscription_id": end.subscription_id}))
+            store.write_projection(conn, decision)
     return status, level
 
 
@@ -145,7 +128,3 @@ def _set_entitlement(conn: Connection, sub: str, level: str) -> None:
     conn.execute(
         update(subscriptions).where(subscriptions.c.id == sub).values(entitlement=level, updated_at=_now())
     )
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)

@@ -54,9 +54,10 @@ def entitlement_of(store: Store, subscription_id: str, message: str = DEFAULT_ME
     sub = store.get_subscription(subscription_id)
     if sub is None:
         return None
-    a = ending.answer(sub.status, sub.entitlement, sub.dunning_campaign_started_at is not None, sub.last_outcome, message)
+    a = ending.answer(sub.status, sub.entitlement, sub.last_outcome, message)
+    in_dunning = sub.dunning_campaign_started_at is not None
     return Entitlement(
-        sub.id, sub.customer_id, a.entitlement, sub.status, a.in_dunning, a.requires_attention, a.message,
+        sub.id, sub.customer_id, a.entitlement, sub.status, in_dunning, a.requires_attention, a.message,
         sub.last_outcome,
     )  # fmt: skip
 
@@ -68,14 +69,13 @@ def requires_attention(store: Store, customer_id: str, message: str = DEFAULT_ME
     s = subscriptions.c
     with store.engine.connect() as conn:
         rows = conn.execute(
-            select(s.id, s.status, s.entitlement, s.dunning_campaign_started_at, s.last_outcome)
+            select(s.id, s.status, s.entitlement, s.last_outcome)
             .where(s.customer_id == customer_id)
             .order_by(s.id)
         ).all()
     if not rows:
         return None
-    answers = [(r.id, ending.answer(r.status, r.entitlement, r.dunning_campaign_started_at is not None,
-                                    r.last_outcome, message)) for r in rows]  # fmt: skip
+    answers = [(r.id, ending.answer(r.status, r.entitlement, r.last_outcome, message)) for r in rows]
     flagged = tuple(sub for sub, a in answers if a.requires_attention)
     worst = min((a.entitlement for _, a in answers), key=_rank)
     shown = next((a.message for _, a in answers if a.requires_attention and a.message), None)

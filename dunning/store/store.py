@@ -23,8 +23,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import StaticPool
 
-from dunning import ending
-from dunning.contracts import BillingEvent
+from dunning.contracts import BillingEvent, Superseded
 from dunning.projection import Decision
 from dunning.store.schema import customers, dunning_events, inbox, step_deliveries, subscriptions
 
@@ -74,7 +73,7 @@ class EffectClaim:
 
     state: str  # claimed | sent | stale
     owner: str = ""
-    stale: ending.Stale | None = None
+    stale: Superseded | None = None
 
 
 @dataclass(frozen=True)
@@ -197,7 +196,7 @@ class Store:
         """Upgrade to the newest schema. Idempotent; concurrent callers run one at a time."""
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS))
-        with self._write() as conn:
+        with self.write() as conn:
             if self._pg:
                 conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATE_LOCK})
             config.attributes["connection"] = conn
@@ -212,25 +211,18 @@ class Store:
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
-        """One write transaction (for the table-family modules in dunning/store/)."""
-        with self._engine.begin() as conn:
-            yield conn
-
-    @contextmanager
-    def _write(self) -> Iterator[Connection]:
+        """One write transaction (also for the table-family modules in dunning/store/)."""
         with self._engine.begin() as conn:
             yield conn
 
     def insert(self, table: Table) -> Any:
-        return self._insert(table)
-
-    def _insert(self, table: Table) -> Any:
+        """The dialect's INSERT (with ON CONFLICT)."""
         return pg_insert(table) if self._pg else sqlite_insert(table)
 
     # --- customers ---------------------------------------------------------------------
     def upsert_customer(self, id: str, email: str | None = None, name: str | None = None) -> None:
         now = _now()
-        ins = self._insert(customers).values(id=id, email=email, name=name, updated_at=now)
+        ins = self.insert(customers).values(id=id, email=email, name=name, updated_at=now)
         stmt = ins.on_conflict_do_update(
             index_elements=[customers.c.id],
             set_={
@@ -239,7 +231,7 @@ class Store:
                 "updated_at": now,
             },
         )
-        with self._write() as conn:
+        with self.write() as conn:
             conn.execute(stmt)
 
     def get_customer(self, id: str) -> Customer | None:
@@ -271,10 +263,7 @@ class Store:
 
     # --- ledger ------------------------------------------------------------------------
     def ledger_insert(self, **values: Any) -> Any:
-        return self._ledger_insert(**values)
-
-    def _ledger_insert(self, **values: Any) -> Any:
-        return self._insert(dunning_events).values(**values).on_conflict_do_nothing(index_elements=_LEDGER_KEY)
+        return self.insert(dunning_events).values(**values).on_conflict_do_nothing(index_elements=_LEDGER_KEY)
 
     def record_event(
         self,
@@ -287,12 +276,12 @@ class Store:
         data: dict[str, Any] | None = None,
     ) -> bool:
         """Append to the ledger. False if that (subscription, campaign, type, step) exists."""
-        stmt = self._ledger_insert(
+        stmt = self.ledger_insert(
             type=type, subscription_id=subscription_id, customer_id=customer_id,
             campaign_started_at=_utc("campaign_started_at", campaign_started_at), step_key=step_key,
             data=_bounded(data), occurred_at=_utc("occurred_at", occurred_at), recorded_at=_now(),
         )  # fmt: skip
-        with self._write() as conn:  # RETURNING, since rowcount is -1 with it on psycopg
+        with self.write() as conn:  # RETURNING, since rowcount is -1 with it on psycopg
             return conn.execute(stmt.returning(dunning_events.c.id)).first() is not None
 
     def events(self, subscription_id: str, campaign_started_at: datetime | None = None) -> list[LedgerEvent]:
@@ -306,11 +295,21 @@ class Store:
         return [LedgerEvent(*row) for row in rows]
 
     # --- step deliveries ---------------------------------------------------------------
-    def _delivery(self, subscription_id: str, campaign_started_at: datetime, step_key: str) -> Any:
+    def delivery(self, subscription_id: str, campaign_started_at: datetime, step_key: str) -> Any:
         d = step_deliveries.c
         return (d.subscription_id == subscription_id) & (d.campaign_started_at == campaign_started_at) & (
             d.step_key == step_key
         )
+
+    def claim_insert(
+        self, subscription_id: str, campaign_started_at: datetime, step_key: str, message_id: str, claimed_by: str,
+        at: datetime,
+    ) -> Any:
+        """INSERT of a 'claimed' delivery row (nothing when the row exists)."""
+        return self.insert(step_deliveries).values(
+            subscription_id=subscription_id, campaign_started_at=_utc("campaign_started_at", campaign_started_at),
+            step_key=step_key, state="claimed", message_id=message_id, claimed_by=claimed_by, claimed_at=_utc("at", at),
+        ).on_conflict_do_nothing(index_elements=_DELIVERY_KEY)  # fmt: skip
 
     def claim_step(
         self,
@@ -324,15 +323,12 @@ class Store:
         """Claim a step before sending it. Returns the row's (state, claimed_by) after the
         call: ('claimed', claimed_by) if this call made the claim, else the existing row's."""
         started = _utc("campaign_started_at", campaign_started_at)
-        ins = self._insert(step_deliveries).values(
-            subscription_id=subscription_id, campaign_started_at=started, step_key=step_key, state="claimed",
-            message_id=message_id, claimed_by=claimed_by, claimed_at=_utc("at", at),
-        ).on_conflict_do_nothing(index_elements=_DELIVERY_KEY)  # fmt: skip
+        ins = self.claim_insert(subscription_id, started, step_key, message_id, claimed_by, at)
         d = step_deliveries.c
-        with self._write() as conn:
+        with self.write() as conn:
             conn.execute(ins)
             row = conn.execute(
-                select(d.state, d.claimed_by).where(self._delivery(subscription_id, started, step_key))
+                select(d.state, d.claimed_by).where(self.delivery(subscription_id, started, step_key))
             ).one()
         return (row.state, row.claimed_by)
 
@@ -343,9 +339,9 @@ class Store:
         started = _utc("campaign_started_at", campaign_started_at)
         d = step_deliveries.c
         stmt = delete(step_deliveries).where(
-            self._delivery(subscription_id, started, step_key), d.state == "claimed", d.claimed_by == claimed_by
+            self.delivery(subscription_id, started, step_key), d.state == "claimed", d.claimed_by == claimed_by
         )
-        with self._write() as conn:
+        with self.write() as conn:
             conn.execute(stmt)
 
     def mark_step_sent(
@@ -364,7 +360,7 @@ class Store:
         payment retry). Idempotent: a repeat changes nothing. Without a prior claim the
         delivery row is created 'sent' with an empty claimed_by."""
         started, at = _utc("campaign_started_at", campaign_started_at), _utc("at", at)
-        ins = self._insert(step_deliveries).values(
+        ins = self.insert(step_deliveries).values(
             subscription_id=subscription_id, campaign_started_at=started, step_key=step_key, state="sent",
             message_id=message_id, claimed_by="", claimed_at=at, sent_at=at,
         )  # fmt: skip
@@ -373,12 +369,12 @@ class Store:
             set_={"state": "sent", "message_id": message_id, "sent_at": at},
             where=step_deliveries.c.state == "claimed",
         )
-        ledger = self._ledger_insert(
+        ledger = self.ledger_insert(
             type=ledger_type or "", subscription_id=subscription_id, customer_id=customer_id,
             campaign_started_at=started, step_key=step_key, data={"message_id": message_id, **(data or {})},
             occurred_at=at, recorded_at=_now(),
         )  # fmt: skip
-        with self._write() as conn:
+        with self.write() as conn:
             conn.execute(upsert)
             if ledger_type is not None:
                 conn.execute(ledger)
@@ -404,13 +400,13 @@ class Store:
         """Record a verified event once per (provider, event_id). Returns 'new' when this
         call recorded it, else the existing row's status: 'received' (seen, not yet
         dispatched), 'dispatched' or 'ignored'."""
-        stmt = self._insert(inbox).values(
+        stmt = self.insert(inbox).values(
             provider=provider, event_id=event_id, event_type=event_type, subscription_id=subscription_id,
             occurred_at=_utc("occurred_at", occurred_at), received_at=_now(), status="received",
             payload=payload,
         ).on_conflict_do_nothing(index_elements=_INBOX_KEY)  # fmt: skip
         i = inbox.c
-        with self._write() as conn:
+        with self.write() as conn:
             if conn.execute(stmt.returning(i.id)).first() is not None:
                 return "new"
             return conn.execute(select(i.status).where(i.provider == provider, i.event_id == event_id)).scalar_one()
@@ -427,12 +423,12 @@ class Store:
     ) -> bool:
         """Record a verified event the engine does not act on. False if already recorded."""
         now = _now()
-        stmt = self._insert(inbox).values(
+        stmt = self.insert(inbox).values(
             provider=provider, event_id=event_id, event_type=event_type, subscription_id=subscription_id,
             occurred_at=_utc("occurred_at", occurred_at) if occurred_at else now, received_at=now,
             status="ignored", reason=reason, payload=payload or {},
         ).on_conflict_do_nothing(index_elements=_INBOX_KEY)  # fmt: skip
-        with self._write() as conn:
+        with self.write() as conn:
             return conn.execute(stmt.returning(inbox.c.id)).first() is not None
 
     def inbox_mark_dispatched(self, provider: str, event_id: str, reason: str | None = None) -> bool:
@@ -446,7 +442,7 @@ class Store:
             .where(i.provider == provider, i.event_id == event_id, i.status == "received")
             .values(**values)
         )
-        with self._write() as conn:
+        with self.write() as conn:
             return conn.execute(stmt).rowcount == 1
 
     def inbox_get(self, provider: str, event_id: str) -> InboxRow | None:
@@ -491,7 +487,7 @@ class Store:
             raise ValueError(f"event {event.event_id!r} names no subscription")
         sub_id = event.subscription_id
         i = inbox.c
-        with self._write() as conn:
+        with self.write() as conn:
             self.lock_subscription(conn, sub_id)
             where_inbox = (i.provider == event.provider) & (i.event_id == event.event_id)
             stored = conn.execute(select(i.payload).where(where_inbox)).first()
@@ -502,7 +498,7 @@ class Store:
                 return decided
             decision = decide_fn(self.locked_subscription(conn, sub_id), event)
             if decision.write:
-                self._write_projection(conn, decision)
+                self.write_projection(conn, decision)
             if decision.action != "stale":
                 self._customer_from_event(conn, decision.customer_id, event)
             if stored is not None:
@@ -512,9 +508,6 @@ class Store:
         return decision
 
     def write_projection(self, conn: Connection, d: Decision) -> None:
-        self._write_projection(conn, d)
-
-    def _write_projection(self, conn: Connection, d: Decision) -> None:
         now = _now()
         values = {
             "customer_id": d.customer_id, "provider": d.provider, "status": d.status,
@@ -523,7 +516,7 @@ class Store:
             "last_event_at": _utc("last_event_at", d.last_event_at) if d.last_event_at else None,
             "updated_at": now,
         }  # fmt: skip
-        ins = self._insert(subscriptions).values(id=d.subscription_id, **values)
+        ins = self.insert(subscriptions).values(id=d.subscription_id, **values)
         conn.execute(ins.on_conflict_do_update(index_elements=[subscriptions.c.id], set_=values))
 
     def _customer_from_event(self, conn: Connection, customer_id: str, event: BillingEvent) -> None:
@@ -532,7 +525,7 @@ class Store:
         if email is None and name is None:
             return
         now = _now()
-        ins = self._insert(customers).values(id=customer_id, email=email, name=name, updated_at=now)
+        ins = self.insert(customers).values(id=customer_id, email=email, name=name, updated_at=now)
         conn.execute(
             ins.on_conflict_do_update(
                 index_elements=[customers.c.id],
