@@ -66,8 +66,11 @@ def run_client(coro) -> None:
         asyncio.run(coro)
     except typer.Exit as err:
         code = err.exit_code
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (BrokenPipeError, OSError):  # e.g. `| head`: still exit without the SDK's shutdown abort
+            code = code or 1
     os._exit(code)
 
 

@@ -160,11 +160,14 @@ class DunningClient:
     async def _recovery(self, subscription_id: str, event_id: str, received: Received) -> RecoverResult:
         """The answer from what dispatch recorded on the inbox row (so a repeat answers the same)."""
         result = received.result
+        sub = await asyncio.to_thread(self.store.get_subscription, subscription_id)
+        last = sub.last_outcome if sub else None
 
         def answer(status: str, outcome: str | None = None) -> RecoverResult:
             return RecoverResult.model_validate(
                 {"status": status, "outcome": outcome, "subscription_id": subscription_id, "event_id": event_id,
-                 "duplicate": received.status == "duplicate"}  # fmt: skip
+                 "duplicate": received.status == "duplicate",
+                 "campaign_started_at": sub.last_campaign_started_at if sub and outcome else None}  # fmt: skip
             )
 
         if result.startswith("already_ended:"):
@@ -174,8 +177,6 @@ class DunningClient:
         if result == "no_campaign":
             return answer(result)
         # not past_due when it arrived (nothing to end): say how the last campaign ended
-        sub = await asyncio.to_thread(self.store.get_subscription, subscription_id)
-        last = sub.last_outcome if sub else None
         return answer("already_ended" if last else "no_campaign", last)
 
     # --- what dispatch sends ------------------------------------------------------------

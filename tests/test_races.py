@@ -191,6 +191,7 @@ async def test_a_payment_after_the_exhausted_campaign_ended_is_recorded_for_that
 
     answer = await dunning.payment_recovered(sub, "paid by bank transfer", idempotency_key="late_1")
     assert (answer.status, answer.outcome) == ("recovered_after_cancel", "recovered_after_cancel")
+    assert answer.campaign_started_at == anchor  # the campaign the payment was recorded for
     again = await dunning.payment_recovered(sub, "paid by bank transfer", idempotency_key="late_1")
     assert (again.status, again.duplicate) == ("recovered_after_cancel", True)
     state = await dunning.status(sub)
