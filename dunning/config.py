@@ -226,6 +226,12 @@ class Settings(BaseSettings):
     attention_message: str = Field(default=ATTENTION_MESSAGE, min_length=1, max_length=500)
     outbound_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
     outbound_secret: str | None = None
+    outbound_poll_seconds: float = Field(default=2.0, gt=0)  # how often the outbox deliverer looks
+    # event-time bounds: refuse an event dated further ahead than the skew, or older than the horizon
+    event_max_skew_seconds: float = Field(default=300, ge=0)
+    event_horizon_days: float = Field(default=90, gt=0)
+    inbox_park_after: int = Field(default=5, ge=1)  # failed dispatches before an inbox row is parked
+    shutdown_grace_seconds: float = Field(default=20, ge=0)  # SIGTERM: finish or hand back in-flight work
 
     @field_validator("campaign", mode="before")
     @classmethod

@@ -89,6 +89,9 @@ step_deliveries = Table(
     Column("claimed_by", String(255), nullable=False),
     Column("claimed_at", UTCDateTime(), nullable=False),
     Column("sent_at", UTCDateTime(), nullable=True),
+    # SMTP sends started for this row: more than 1 means a resend after an attempt whose
+    # result was unknown (same Message-ID); counted in the resend metric
+    Column("sends", Integer(), nullable=False, server_default="0"),
     PrimaryKeyConstraint("subscription_id", "campaign_started_at", "step_key"),
     CheckConstraint("state IN ('claimed', 'sent')", name="state"),
     Index(None, "state"),
@@ -109,7 +112,34 @@ inbox = Table(
     Column("reason", Text(), nullable=True),
     Column("payload", JSON(), nullable=False),
     Column("dispatched_at", UTCDateTime(), nullable=True),
+    # what a later dispatch needs that the workflow must never see (PII stays in the store)
+    Column("customer_email", String(320), nullable=True),
+    Column("customer_name", String(255), nullable=True),
+    # failed dispatches; after the configured number the row is 'parked' with the reason
+    Column("attempts", Integer(), nullable=False, server_default="0"),
     UniqueConstraint("provider", "event_id"),
-    CheckConstraint("status IN ('received', 'dispatched', 'ignored')", name="status"),
+    CheckConstraint("status IN ('received', 'dispatched', 'ignored', 'parked')", name="status"),
     Index(None, "status", "received_at"),
+)
+
+# Durable outbox of events for host apps: written in the transaction that writes the
+# fact it reports, delivered by its own retrying process, in order per subscription.
+outbound_events = Table(
+    "outbound_events",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("event_id", String(255), nullable=False),
+    Column("type", String(64), nullable=False),
+    Column("subscription_id", String(255), nullable=False),
+    Column("payload", JSON(), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("status", String(16), nullable=False, server_default="pending"),
+    Column("attempts", Integer(), nullable=False, server_default="0"),
+    Column("next_attempt_at", UTCDateTime(), nullable=False),
+    Column("delivered_at", UTCDateTime(), nullable=True),
+    Column("last_error", Text(), nullable=True),
+    UniqueConstraint("event_id"),
+    CheckConstraint("status IN ('pending', 'delivered')", name="status"),
+    Index(None, "status", "next_attempt_at"),
+    Index(None, "subscription_id", "id"),
 )
