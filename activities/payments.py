@@ -7,17 +7,23 @@ record never charges or cancels twice blindly."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.attempt import attempt_token
+from activities.heartbeat import heartbeating
 from dunning.config import ConfigError, Settings
-from dunning.contracts import EffectOutcome, RetryOutcome, RetryRequest, TerminalRequest
+from dunning.contracts import EffectOutcome, RetryOutcome, RetryRequest, TerminalRequest, late_by
 from dunning.providers.actions import ProviderError, provider_for
+from dunning.scrub import scrub
 from dunning.store import campaign_writes
 from dunning.store.store import EffectClaim, Store
+
+T = TypeVar("T")
 
 
 def idempotency_key(subscription_id: str, campaign_started_at: datetime, key: str) -> str:
@@ -69,23 +75,19 @@ class PaymentActivities:
                 idem,
                 req.at,
                 ledger_type="dunning.retry_attempted",
-                data=outcome.model_dump(exclude={"retry_key"}),
+                data={**outcome.model_dump(exclude={"retry_key"}), **late_by(req.at, req.scheduled_at)},
             )
             return outcome
 
-        try:
-            return await asyncio.to_thread(run)
-        except ProviderError as err:
-            raise ApplicationError(str(err), type="ProviderError", non_retryable=not err.retryable) from err
-        except ConfigError as err:  # e.g. DUNNING_BRAINTREE_MERCHANT_ID missing: a visible state
-            raise ApplicationError(str(err), type="ConfigError", non_retryable=True) from err
+        return await self._run(run, req.subscription_id, req.customer_id, req.campaign_started_at, req.retry_key, token)
 
     @activity.defn(name="terminal_action")
     async def terminal_action(self, req: TerminalRequest) -> EffectOutcome:
         """Cancel (or mark unpaid) through the provider, once, and only while the
         subscription is still past_due with this anchor. Failures retry and show in the
-        UI; they never leave the campaign half-ended. An attempt that finds another's
-        unconfirmed claim calls again with the same idempotency key (the provider dedupes)."""
+        UI; a permanent failure (e.g. the provider answers 401) is recorded and the
+        campaign ends without it. An attempt that finds another's unconfirmed claim calls
+        again with the same idempotency key (the provider dedupes)."""
         if req.action == "none":
             return EffectOutcome(status="none", detail="none")
         idem = idempotency_key(req.subscription_id, req.campaign_started_at, "terminal")
@@ -108,7 +110,23 @@ class PaymentActivities:
             )  # fmt: skip
             return EffectOutcome(status="done", detail=f"{req.action}: {status}")
 
+        return await self._run(run, req.subscription_id, req.customer_id, req.campaign_started_at, "terminal", token)
+
+    async def _run(self, run: Callable[[], T], sub: str, customer: str, started: datetime, key: str, token: str) -> T:
+        """Run the provider call (heartbeating). A transient error retries with backoff; a
+        permanent one (bad credentials, unknown object, missing configuration) is a state:
+        `dunning.action_failed` in the ledger, the claim dropped (the provider refused, so
+        nothing happened), and a non-retryable failure the campaign records and goes on."""
         try:
-            return await asyncio.to_thread(run)
-        except (ProviderError, ConfigError) as err:  # retried until it works: ops see the attempts in the UI
-            raise ApplicationError(str(err), type=type(err).__name__) from err
+            async with heartbeating():
+                return await asyncio.to_thread(run)
+        except (ProviderError, ConfigError) as err:
+            message = scrub(str(err))
+            kind = type(err).__name__
+            if isinstance(err, ProviderError) and err.retryable:
+                raise ApplicationError(message, type=kind) from None
+            await asyncio.to_thread(
+                campaign_writes.fail_effect, self.store, sub, customer, started, key, token, kind, message,
+                datetime.now(UTC),
+            )  # fmt: skip
+            raise ApplicationError(message, type=kind, non_retryable=True) from None

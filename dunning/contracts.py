@@ -9,7 +9,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
+
+from dunning import text
 
 Outcome = Literal["running", "recovered", "resolved", "exhausted", "recovered_after_cancel"]
 EndOutcome = Literal["recovered", "resolved", "exhausted", "recovered_after_cancel"]
@@ -87,6 +89,10 @@ class StepRequest(BaseModel):
     template: str
     due_at: datetime
     grace_ends_at: datetime
+    scheduled_at: datetime | None = None  # the step's boundary: later than this is "late_by"
+    # when this campaign's first email really went out (None: none did), so that no
+    # email claims an earlier notice the customer never received
+    first_notice_at: datetime | None = None
 
 
 class StepOutcome(BaseModel):
@@ -115,6 +121,7 @@ class RetryRequest(BaseModel):
     provider: str
     invoice_id: str | None = None
     at: datetime
+    scheduled_at: datetime | None = None  # the retry day's boundary: later than this is "late_by"
 
 
 class RetryOutcome(BaseModel):
@@ -140,6 +147,25 @@ class EntitlementChange(BaseModel):
     level: str
     previous: str
     at: datetime
+    scheduled_at: datetime | None = None  # the rung's boundary: later than this is "late_by"
+
+
+class SkippedActions(BaseModel):
+    """Due actions the campaign did not perform, and why (dunning.journey's catch-up rules)."""
+
+    subscription_id: str
+    customer_id: str
+    campaign_started_at: datetime
+    keys: list[str]
+    reason: str
+    at: datetime
+
+
+def late_by(at: datetime, scheduled_at: datetime | None) -> dict[str, float]:
+    """`{"late_by": seconds}` for a ledger row when an action ran a second or more after
+    its due time, else nothing."""
+    late = (at - scheduled_at).total_seconds() if scheduled_at else 0.0
+    return {"late_by": round(late, 3)} if late >= 1 else {}
 
 
 class EffectOutcome(BaseModel):
@@ -270,6 +296,14 @@ class EventKind(StrEnum):
     recompute_requested = "recompute_requested"
 
 
+# Every text field of a BillingEvent, with the most characters it may hold (its column).
+TEXT_LIMITS: dict[str, int] = {
+    "event_id": text.MAX_ID, "event_type": 128, "subscription_id": text.MAX_ID, "customer_id": text.MAX_ID,
+    "invoice_id": text.MAX_ID, "customer_email": 320, "customer_name": 255, "decline_code": 64,
+    "decline_message": 1000, "currency": 16, "plan_id": text.MAX_ID, "subscription_status": 64, "note": 200,
+}  # fmt: skip
+
+
 class BillingEvent(BaseModel):
     """One billing event from any provider, normalized.
 
@@ -297,6 +331,16 @@ class BillingEvent(BaseModel):
     plan_id: str | None = None  # the provider's plan / price / product id
     subscription_status: str | None = None  # provider status after the event, if given
     note: str | None = Field(default=None, max_length=200)  # the payment service's reason (words, no people)
+
+    @field_validator(*TEXT_LIMITS)
+    @classmethod
+    def _fit_text(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """NUL, lone surrogates and over-long values are refused, naming the field (see
+        dunning.text); never cut."""
+        found = text.problem(value, TEXT_LIMITS[info.field_name or ""]) if isinstance(value, str) else None
+        if found:
+            raise ValueError(f"{info.field_name} {found}")
+        return value
 
     def for_workflow(self) -> BillingEvent:
         """The same event without personal data, safe for a workflow signal."""

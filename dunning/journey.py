@@ -145,6 +145,32 @@ def next_action(
     return Due(EXHAUST, EXHAUST, at, max(at - now, _ZERO))
 
 
+# --- catching up after an outage (the worker or Temporal was down past a due time) ------
+# Of several due items of one lane only the latest is performed (`lane_next`); the earlier
+# ones are recorded as skipped with SKIP_SUPERSEDED. So a missed retry day gets one
+# catch-up charge, never several at once, and the entitlement jumps to the rung that holds
+# now. An email performed late must still tell the truth: one that would reach the
+# customer at or after the end of the grace period is skipped (SKIP_DEADLINE_PASSED; the
+# exhaustion follows and the host app is told), and one that would leave less notice than
+# min(one day, the notice the plan gave it) is skipped (SKIP_NOTICE_TOO_SHORT). An email on
+# time is never skipped.
+SKIP_SUPERSEDED = "superseded_by_later"
+SKIP_DEADLINE_PASSED = "deadline_passed"
+SKIP_NOTICE_TOO_SHORT = "notice_too_short"
+
+
+def skip_reason(due: Due, now: datetime, plan: CampaignPlan, anchor: datetime) -> str | None:
+    """Why the due action must not be performed now (None: perform it, maybe late)."""
+    if due.kind != "email" or now <= due.at:
+        return None
+    end = boundary(anchor, plan.grace_days, plan.day_seconds)
+    if now >= end:
+        return SKIP_DEADLINE_PASSED
+    if end - now < min(timedelta(seconds=plan.day_seconds), end - due.at):
+        return SKIP_NOTICE_TOO_SHORT
+    return None
+
+
 def describe(due: Due | Done) -> str:
     """Current details for the Temporal UI, in words."""
     if isinstance(due, Done):

@@ -3,57 +3,53 @@
     POST /webhooks/stripe        Stripe-Signature header          (DUNNING_STRIPE_WEBHOOK_SECRET)
     POST /webhooks/braintree     bt_signature, bt_payload form    (DUNNING_BRAINTREE_*)
     POST /webhooks/fake          X-Dunning-Signature header       (DUNNING_FAKE_WEBHOOK_SECRET)
-    POST /v1/subscriptions/{id}/payment-recovered   Bearer DUNNING_API_TOKEN; {"reason": "..."};
-                                                    Idempotency-Key header (a repeat answers the same)
+    POST /v1/subscriptions/{id}/payment-recovered   Bearer DUNNING_API_TOKEN; {"reason": CODE}
+                                                    (dunning.reasons); Idempotency-Key header
+                                                    (a repeat answers the same)
     GET  /v1/subscriptions/{id}/campaign            Bearer DUNNING_API_TOKEN
     GET  /healthz   the process is up
     GET  /readyz    database and Temporal reachable (503 naming which is not)
-    GET  /metrics   webhook counts by provider, outcome and reason (JSON)
+    GET  /metrics   webhook counts by provider, outcome and reason; inbox rows pending and
+                    parked; unconfirmed deliveries, email resends, failed and skipped
+                    actions; outbox pending and delivered (JSON)
 
 Temporal is reached lazily through `client_factory` (see starter.temporal_gate), so the
 API starts and answers while Temporal is down. A background sweep re-dispatches inbox
 rows left undispatched (see starter.dispatch). Every error body is
-`{"error": <machine reason>, "message": <what was wrong, in words>}`.
+`{"error": <machine reason>, "message": <what was wrong, in words>}`; the database
+unreachable is 503 `database_unavailable` on every route (naming its kind, never its URL).
+Ids in paths are refused (400) when they hold NUL, a lone surrogate, or over 255 characters.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
-import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import OperationalError
 from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
 
 from dunning.config import Settings
+from dunning.store import availability, inbox_parking, outbox
 from dunning.store.entitlements import entitlement_of, requires_attention
 from dunning.store.store import Store
 from starter.api_metrics import WebhookCounter
-from starter.client import DunningClient, UnknownSubscription
+from starter.api_requests import MAX_ID, authorize, check_id, database_down, error, reason_code
+from starter.client import DunningClient, EventParked, UnknownSubscription
 from starter.dispatch import DEFAULT_TIMEOUT, redispatch_pending
 from starter.temporal_gate import TemporalGate, TemporalUnavailable, describe_unavailable, is_unavailable
-from starter.webhooks import Reply, receive
+from starter.webhooks import Reply, receive, wall_clock
 
 log = logging.getLogger("dunning.api")
 
-TOKEN_ENV = "DUNNING_API_TOKEN"
-MAX_JSON_BODY = 64 * 1024
-MAX_ID = 255
-MAX_REASON = 200
 CHECK_TIMEOUT = 3.0
 
 __all__ = ["create_app", "redispatch_pending"]
-
-
-def error(status: int, reason: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": reason, "message": message}, status_code=status, headers=headers)
 
 
 def create_app(
@@ -64,8 +60,10 @@ def create_app(
     sweep_interval: float = 30.0,
     sweep_min_age: float = 5.0,
     dispatch_timeout: float = DEFAULT_TIMEOUT,
+    clock: Callable[[], Awaitable[datetime]] = wall_clock,
 ) -> FastAPI:
-    """The API app. `sweep_interval` <= 0 turns the background re-dispatch off."""
+    """The API app. `sweep_interval` <= 0 turns the background re-dispatch off. `clock`
+    is what a webhook's event time is bounded against (tests: the time-skipping server's)."""
     gate = TemporalGate(client_factory)
     counter = WebhookCounter()
 
@@ -79,8 +77,11 @@ def create_app(
                     log.info("sweep re-dispatched %d pending webhook event(s)", done)
             except TemporalUnavailable as err:
                 log.warning("sweep skipped: %s", err)
-            except Exception:
-                log.exception("sweep failed; it runs again in %ss", sweep_interval)
+            except Exception as err:
+                if availability.is_unavailable(err):
+                    log.warning("sweep skipped: %s", availability.describe(store, err))
+                else:
+                    log.exception("sweep failed; it runs again in %ss", sweep_interval)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -99,16 +100,23 @@ def create_app(
     app.state.temporal = gate
     app.state.webhook_counter = counter
 
+    async def database_unavailable(_request: Request, err: Exception) -> JSONResponse:
+        log.warning("%s", availability.describe(store, err))
+        return database_down(store, err)
+
+    for unavailable in availability.UNAVAILABLE:
+        app.add_exception_handler(unavailable, database_unavailable)
+
     # --- webhooks --------------------------------------------------------------------
     async def webhook(provider: str, request: Request) -> JSONResponse:
         try:
-            reply = await receive(provider, request, settings, store, gate, timeout=dispatch_timeout)
-        except OperationalError as err:  # the database is down or locked: the provider retries
-            log.warning("%s webhook not recorded, database unavailable: %s", provider, type(err).__name__)
-            counter.add(provider, "unavailable", "database_unavailable")
-            return error(503, "database_unavailable", "the database is unreachable; retry later", {"Retry-After": "30"})
-        except Exception:
-            log.exception("%s webhook failed; the provider will redeliver", provider)
+            reply = await receive(provider, request, settings, store, gate, timeout=dispatch_timeout, clock=clock)
+        except Exception as err:
+            if availability.is_unavailable(err):  # down or locked: nothing lost, the provider redelivers
+                log.warning("%s webhook not recorded: %s", provider, availability.describe(store, err))
+                counter.add(provider, "unavailable", "database_unavailable")
+                return database_down(store, err)
+            log.error("%s webhook failed (%s); the provider will redeliver", provider, type(err).__name__)
             counter.add(provider, "error", "internal")
             return error(500, "internal", "the event could not be processed; it will be retried")
         counter.add(provider, reply.outcome, reply.reason)
@@ -129,10 +137,10 @@ def create_app(
     # --- payment service -------------------------------------------------------------
     @app.post("/v1/subscriptions/{subscription_id}/payment-recovered")
     async def payment_recovered(subscription_id: str, request: Request) -> JSONResponse:
-        refused = _authorize(request, settings) or _check_id(subscription_id)
+        refused = authorize(request, settings) or check_id(subscription_id)
         if refused is not None:
             return refused
-        reason = await _reason(request)
+        reason = await reason_code(request)
         if isinstance(reason, JSONResponse):
             return reason
 
@@ -141,14 +149,17 @@ def create_app(
             return error(400, "bad_request", f"Idempotency-Key must be 1 to {MAX_ID} printable characters")
 
         async def call(client: DunningClient) -> JSONResponse:
-            answer = await client.payment_recovered(subscription_id, reason or "payment recovered", key)
+            try:
+                answer = await client.payment_recovered(subscription_id, reason, key)
+            except EventParked as err:
+                return error(409, "event_parked", str(err))
             return JSONResponse(answer.model_dump(mode="json"))
 
         return await _with_temporal(gate, subscription_id, call, dispatch_timeout)
 
     @app.get("/v1/subscriptions/{subscription_id}/campaign")
     async def campaign(subscription_id: str, request: Request) -> JSONResponse:
-        refused = _authorize(request, settings) or _check_id(subscription_id)
+        refused = authorize(request, settings) or check_id(subscription_id)
         if refused is not None:
             return refused
 
@@ -166,7 +177,7 @@ def create_app(
     # --- host app: reads the store only (no Temporal call, no side effect) -------------
     @app.get("/v1/customers/{customer_id}/attention")
     async def attention(customer_id: str, request: Request) -> JSONResponse:
-        refused = _authorize(request, settings) or _check_id(customer_id)
+        refused = authorize(request, settings) or check_id(customer_id, "customer id")
         if refused is not None:
             return refused
         found = await asyncio.to_thread(requires_attention, store, customer_id, settings.attention_message)
@@ -184,7 +195,7 @@ def create_app(
 
     @app.get("/v1/subscriptions/{subscription_id}/entitlement")
     async def entitlement(subscription_id: str, request: Request) -> JSONResponse:
-        refused = _authorize(request, settings) or _check_id(subscription_id)
+        refused = authorize(request, settings) or check_id(subscription_id)
         if refused is not None:
             return refused
         sub = await asyncio.to_thread(entitlement_of, store, subscription_id, settings.attention_message)
@@ -224,58 +235,28 @@ def create_app(
 
     @app.get("/metrics")
     async def metrics_json() -> dict[str, Any]:
-        unconfirmed = await asyncio.to_thread(store.unconfirmed_deliveries)
-        return {"dunning.webhooks": counter.snapshot(), "dunning.deliveries.unconfirmed": len(unconfirmed)}
+        deliveries = await asyncio.to_thread(store.delivery_counts)
+        actions = await asyncio.to_thread(store.ledger_counts, "dunning.action_failed", "dunning.action_skipped")
+        inbox = await asyncio.to_thread(inbox_parking.counts, store)
+        outbound = await asyncio.to_thread(outbox.outbox_counts, store)
+        return {
+            "dunning.webhooks": counter.snapshot(),
+            "dunning.inbox.pending": inbox["pending"],
+            "dunning.inbox.parked": inbox["parked"],
+            "dunning.deliveries.unconfirmed": deliveries["unconfirmed"],
+            # extra SMTP copies of a step after an unknown result (always one Message-ID)
+            "dunning.email.resends": deliveries["resends"],
+            "dunning.actions.failed": actions["dunning.action_failed"],
+            "dunning.actions.skipped": actions["dunning.action_skipped"],
+            "dunning.outbox.pending": outbound["pending"],
+            "dunning.outbox.delivered": outbound["delivered"],
+        }
 
     return app
 
 
 def _json(reply: Reply) -> JSONResponse:
     return JSONResponse(reply.body, status_code=reply.status, headers=reply.headers or None)
-
-
-def _authorize(request: Request, settings: Settings) -> JSONResponse | None:
-    if not settings.api_token:
-        return error(404, "api_disabled", f"the subscriptions API is disabled: set {TOKEN_ENV} to enable it")
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return error(
-            401, "unauthorized", "missing bearer token: send Authorization: Bearer <token>",
-            {"WWW-Authenticate": "Bearer"},
-        )  # fmt: skip
-    if not hmac.compare_digest(token.strip().encode("utf-8"), settings.api_token.encode("utf-8")):
-        return error(403, "forbidden", "the bearer token is not valid")
-    return None
-
-
-def _check_id(subscription_id: str) -> JSONResponse | None:
-    if not subscription_id or len(subscription_id) > MAX_ID:
-        return error(400, "bad_request", f"subscription id must be 1 to {MAX_ID} characters")
-    return None
-
-
-async def _reason(request: Request) -> str | None | JSONResponse:
-    """The optional JSON body {"reason": "..."} of payment-recovered."""
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_JSON_BODY:
-            return error(413, "body_too_large", f"request body is over {MAX_JSON_BODY} bytes")
-    if not body.strip():
-        return None
-    try:
-        data = json.loads(body)
-    except ValueError as err:
-        return error(400, "malformed_body", f"body is not JSON: {err}")
-    if not isinstance(data, dict) or set(data) - {"reason"}:
-        return error(400, "malformed_body", 'body must be a JSON object {"reason": "..."} (or empty)')
-    reason = data.get("reason")
-    if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON):
-        return error(400, "malformed_body", f"reason must be a string of at most {MAX_REASON} characters")
-    if reason is not None and "@" in reason:
-        return error(400, "malformed_body", "reason must not carry an email address (ids and words only)")
-    return reason
 
 
 async def _with_temporal(

@@ -14,7 +14,7 @@ from typing import Any
 
 from opentelemetry import metrics
 
-OUTCOMES = ("processed", "duplicate", "ignored", "rejected", "unavailable", "busy", "error")
+OUTCOMES = ("processed", "duplicate", "ignored", "rejected", "unavailable", "busy", "parked", "error")
 
 
 class WebhookCounter:

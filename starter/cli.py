@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import sys
+import traceback
 
 import typer
 
@@ -88,17 +90,35 @@ async def _client(settings: Settings):
         fail(f"cannot reach Temporal at {settings.temporal_address}: {err}")
 
 
+def run_service(main, errors: tuple[type[BaseException], ...] = ()) -> None:
+    """Run a long-lived command (worker, api, dev) until it stops itself: SIGTERM/SIGINT
+    stop it gracefully (worker/shutdown.py), then exit 0 at once, as run_client does."""
+    code = 0
+    try:
+        asyncio.run(main)
+    except KeyboardInterrupt:  # Ctrl-C before the command installed its own handlers
+        pass
+    except errors as err:
+        typer.echo(f"error: {err}", err=True)
+        code = 1
+    except Exception:
+        traceback.print_exc()
+        code = 1
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError):
+            stream.flush()
+    os._exit(code)
+
+
 @app.command()
 def worker() -> None:
-    """Run the campaign worker (Temporal from DUNNING_TEMPORAL_*)."""
+    """Run the campaign worker (Temporal from DUNNING_TEMPORAL_*); SIGTERM/SIGINT stop it gracefully."""
     from worker.app import run_worker
 
     settings = settings_or_exit()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    try:
-        asyncio.run(run_worker(settings))
-    except KeyboardInterrupt:
-        pass
+    run_service(run_worker(settings), errors=(RuntimeError,))
 
 
 @app.command()
@@ -113,7 +133,7 @@ def doctor() -> None:
 
 @app.command()
 def api() -> None:
-    """Run the HTTP API (webhooks, payment-recovered, attention) on DUNNING_API_PORT."""
+    """Run the HTTP API (webhooks, payment-recovered, attention) on DUNNING_API_PORT; SIGTERM/SIGINT stop it gracefully."""
     from dunning.store.store import Store
 
     settings = settings_or_exit()
@@ -125,12 +145,9 @@ def api() -> None:
 
         return await DunningClient.connect(settings, store)
 
-    try:
-        asyncio.run(_api_runner()(settings, store, client_factory))
-    except KeyboardInterrupt:
-        pass
-    except OSError as err:
-        fail(str(err))
+    from starter.api_server import run_api
+
+    run_service(run_api(settings, store, client_factory), errors=(OSError,))
 
 
 @app.command()
@@ -140,19 +157,14 @@ def dev() -> None:
 
     settings = settings_or_exit()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    try:
-        asyncio.run(run_dev(settings, api=_api_runner()))
-    except KeyboardInterrupt:
-        pass
-    except RuntimeError as err:
-        fail(str(err))
+    run_service(run_dev(settings, api=_api_runner()), errors=(RuntimeError,))
 
 
 def _api_runner():
     from starter.api_server import serve_api
 
-    async def run(settings, store, client_factory):
-        await serve_api(settings, store, client_factory, settings.api_host, settings.api_port)
+    async def run(settings, store, client_factory, stop=None):
+        await serve_api(settings, store, client_factory, settings.api_host, settings.api_port, stop=stop)
 
     return run
 
@@ -187,15 +199,27 @@ def campaign_start(
     run_client(go())
 
 
+def _reason_code(value: str) -> str:
+    from dunning import reasons
+
+    try:
+        return reasons.check(value)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+
+
 @campaign_app.command("recover")
 def campaign_recover(
     subscription: str = typer.Argument(...),
-    reason: str = typer.Option("payment recovered", "--reason"),
+    reason: str = typer.Option(
+        "payment_succeeded", "--reason", callback=_reason_code,
+        help="payment_succeeded | retry_succeeded | card_updated | paid_out_of_band | invoice_paid | manual_adjustment",
+    ),  # fmt: skip
     key: str = typer.Option(None, "--idempotency-key", help="A repeat with the same key answers the same"),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output"),
 ) -> None:
     """The payment came in: through the receive path; prints what the campaign really did."""
-    from starter.client import UnknownSubscription
+    from starter.client import EventParked, UnknownSubscription
 
     settings = settings_or_exit()
 
@@ -203,7 +227,7 @@ def campaign_recover(
         client = await _client(settings)
         try:
             answer = await client.payment_recovered(subscription, reason, key)
-        except UnknownSubscription as err:
+        except (UnknownSubscription, EventParked, ValueError) as err:
             fail(str(err))
         if as_json:
             typer.echo(answer.model_dump_json())
@@ -258,6 +282,48 @@ def print_state(state, as_json: bool) -> None:
         typer.echo(f"FAILED         {', '.join(state.steps_failed)} (not sent; see the Temporal UI)")
     if state.next_step:
         typer.echo(f"next           {state.next_step.key} at {state.next_step.at.isoformat()}")
+
+
+def _inbox_app() -> typer.Typer:
+    from starter.cli_inbox import inbox_app
+
+    return inbox_app
+
+
+app.add_typer(_inbox_app(), name="inbox")
+
+
+outbound_app = typer.Typer(help="Outbound events to host apps (the durable outbox).", no_args_is_help=True)
+app.add_typer(outbound_app, name="outbound")
+
+
+@outbound_app.command("list")
+def outbound_list(
+    pending: bool = typer.Option(False, "--pending", help="Only events not delivered yet"),
+    limit: int = typer.Option(100, "--limit", min=1, help="The newest N events"),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output"),
+) -> None:
+    """List outbound events: status, attempts, next attempt, last error (oldest first)."""
+    from dunning.store import outbox
+    from dunning.store.store import Store
+
+    with Store.open(settings_or_exit().db_url) as store:
+        rows = outbox.list_events(store, pending_only=pending, limit=limit)
+        counts = outbox.outbox_counts(store)
+    if as_json:
+        keys = ("event_id", "type", "subscription_id", "status", "attempts", "created_at", "next_attempt_at",
+                "delivered_at", "last_error", "payload")  # fmt: skip
+        typer.echo(json.dumps([{k: getattr(r, k) for k in keys} for r in rows], default=str, indent=2))
+        return
+    age = counts["oldest_pending_age_seconds"]
+    typer.echo(f"{counts['pending']} pending{f' (oldest {age:.0f} s)' if age is not None else ''}, "
+               f"{counts['delivered']} delivered")  # fmt: skip
+    for r in rows:
+        if r.status == "delivered" and r.delivered_at is not None:
+            when = f"delivered {r.delivered_at.isoformat()}"
+        else:
+            when = f"next {r.next_attempt_at.isoformat()}" + (f"  last error: {r.last_error}" if r.last_error else "")
+        typer.echo(f"{r.status:9}  {r.event_id}  attempts={r.attempts}  {when}")
 
 
 def main() -> None:  # pragma: no cover

@@ -2,11 +2,12 @@
 
     client = await DunningClient.connect(settings)
     await client.start_campaign("sub_1", "cus_1", "ada@example.com", failed_at)
-    answer = await client.payment_recovered("sub_1", "paid by card")   # what really happened
+    answer = await client.payment_recovered("sub_1", "card_updated")   # what really happened
     state = await client.status("sub_1")
 
 Starting and recovering go through the one receive path (starter.dispatch.receive_event):
-an inbox row, the projection decision, then Temporal. Never a bare signal.
+an inbox row, the projection decision, then Temporal. Never a bare signal. A recovery's
+`reason` is a code from dunning.reasons (ValueError otherwise), never free text.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from temporalio.common import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
+from dunning import reasons, text
 from dunning.config import Settings
 from dunning.contracts import (
     AttachRequest,
@@ -56,6 +58,11 @@ SERVICE_PREFIX = "payment_service:"
 
 class UnknownSubscription(LookupError):
     """The subscription is not known to the engine (or never had a campaign)."""
+
+
+class EventParked(RuntimeError):
+    """The event was received before and its dispatch kept failing: it is parked (see
+    `dunning inbox parked`); nothing was done now."""
 
 
 def _us(at: datetime) -> int:
@@ -90,7 +97,7 @@ class DunningClient:
 
     # --- the one path in --------------------------------------------------------------
     async def receive(self, event: BillingEvent) -> Received:
-        return await receive_event(self.store, self._self, event)
+        return await receive_event(self.store, self._self, event, park_after=self.settings.inbox_park_after)
 
     async def start_campaign(
         self, subscription_id: str, customer_id: str, email: str | None, failed_at: datetime | None = None, **details: Any
@@ -136,10 +143,17 @@ class DunningClient:
         return await self.receive(event)
 
     async def payment_recovered(
-        self, subscription_id: str, reason: str = "payment recovered", idempotency_key: str | None = None
+        self, subscription_id: str, reason: str = reasons.DEFAULT, idempotency_key: str | None = None
     ) -> RecoverResult:
         """The payment service: the payment came in. Answers what the campaign really did.
-        With the same `idempotency_key`, a repeat is a no-op that returns the first answer."""
+        With the same `idempotency_key`, a repeat is a no-op that returns the first answer.
+        `reason`: a code from `dunning.reasons.REASONS`; anything else is a ValueError
+        (before anything is read or written)."""
+        reason = reasons.check(reason)
+        bad = text.first_problem([("subscription_id", subscription_id, text.MAX_ID),
+                                  ("idempotency_key", idempotency_key, text.MAX_ID - len(SERVICE_PREFIX))])  # fmt: skip
+        if bad:
+            raise ValueError(bad)
         sub = await asyncio.to_thread(self.store.get_subscription, subscription_id)
         if sub is None:
             raise UnknownSubscription(f"subscription {subscription_id!r} is not known to the engine")
@@ -152,9 +166,11 @@ class DunningClient:
             occurred_at=await self.now(),
             subscription_id=subscription_id,
             customer_id=sub.customer_id,
-            note=(reason or "payment recovered")[:200],
+            note=reason,
         )
         received = await self.receive(event)
+        if received.status == "parked":
+            raise EventParked(f"event {event_id!r} is parked ({received.result}); see `dunning inbox parked`")
         return await self._recovery(subscription_id, event_id, received)
 
     async def _recovery(self, subscription_id: str, event_id: str, received: Received) -> RecoverResult:
@@ -302,4 +318,4 @@ class DunningClient:
         raise RuntimeError(f"campaign {handle.id} ended {desc.status.name.lower()} (see the Temporal UI)")
 
 
-__all__ = ["DunningClient", "UnknownSubscription", "WORKFLOW_NAME"]
+__all__ = ["DunningClient", "EventParked", "UnknownSubscription", "WORKFLOW_NAME"]

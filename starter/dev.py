@@ -2,7 +2,7 @@
 
 Starts the bundled Temporal dev server (state under DUNNING_HOME, UI on :8233, search
 attributes registered), an SMTP sink that writes every message to DUNNING_HOME/outbox,
-the worker and the HTTP API. Ctrl-C stops everything.
+the worker and the HTTP API. Ctrl-C (or SIGTERM) stops everything, in order (`run_dev`).
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from dunning.config import Settings
 from dunning.email.outbox import OutboxSink
 from dunning.store.store import Store
 from worker import search_attributes
-from worker.app import build_worker, connect
+from worker.app import connect, serve_worker
 from worker.binaries import find_binary
+from worker.shutdown import stop_on_signals
 
 
 def with_dev_secrets(settings: Settings) -> Settings:
@@ -100,55 +101,99 @@ def stop_process(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-ApiRunner = Callable[[Settings, Store, Callable[[], Awaitable]], Awaitable[None]]
+ApiRunner = Callable[[Settings, Store, Callable[[], Awaitable], asyncio.Event], Awaitable[None]]
 
 
 async def run_dev(settings: Settings, api: ApiRunner | None = None, say: Callable[[str], None] = print) -> None:
+    """Run everything until SIGTERM/SIGINT, then stop the parts in order: the API (no new
+    events come in), the worker (activities in flight finish or are handed back, the
+    outbox deliverer stops), the SMTP sink, the Temporal dev server; each part within
+    `shutdown_grace_seconds`."""
     settings.home.mkdir(parents=True, exist_ok=True)
     settings = dev_defaults(settings)
     store = Store.open(settings.db_url)
     proc = start_temporal(settings)
     sink = OutboxSink(settings.outbox, host=settings.smtp_host, port=settings.smtp_port)
+    grace = settings.shutdown_grace_seconds
+    stop = asyncio.Event()
+    with stop_on_signals(stop, "dunning dev", grace, force=proc.kill):
+        try:
+            client = await _unless_stopped(wait_for_temporal(settings, proc), stop)
+            if client is not None:
+                await search_attributes.register(client, settings.temporal_namespace)
+                sink.start()
+                _banner(settings, sink, api is not None, say)
+                await _serve(settings, store, client, api, stop, say)
+        finally:
+            if sink.running:
+                say("stopping SMTP sink")
+                sink.stop()
+            if proc.poll() is None:
+                say("stopping Temporal dev server")
+            stop_process(proc)
+            store.dispose()
+    say("stopped")
+
+
+def _banner(settings: Settings, sink: OutboxSink, api: bool, say: Callable[[str], None]) -> None:
+    say(f"Temporal UI      http://127.0.0.1:{settings.ui_port}")
+    say(f"Temporal gRPC    {settings.temporal_address} (namespace {settings.temporal_namespace})")
+    say(f"Outbox (SMTP)    {settings.smtp_host}:{sink.port} -> {settings.outbox.resolve()}")
+    say(f"Database         {settings.db_url}")
+    if settings.outbound_urls:
+        say(f"Outbound events  {len(settings.outbound_urls)} URL(s), Standard Webhooks signed")
+    if api:
+        say(f"API              http://{settings.api_host}:{settings.api_port}")
+        say(f"  DUNNING_FAKE_WEBHOOK_SECRET={settings.fake_webhook_secret}")
+        say(f"  DUNNING_API_TOKEN={settings.api_token}")
+    say(f"A 'day' is {settings.day_seconds:g} s (DUNNING_DAY_SECONDS). Ctrl-C stops everything.")
+
+
+async def _unless_stopped(step: Awaitable[Client], stop: asyncio.Event) -> Client | None:
+    """`step`'s result, or None when a stop signal comes first (then it is cancelled)."""
+    task = asyncio.ensure_future(step)
+    waiter = asyncio.create_task(stop.wait())
     try:
-        client = await wait_for_temporal(settings, proc)
-        await search_attributes.register(client, settings.temporal_namespace)
-        sink.start()
-        say(f"Temporal UI      http://127.0.0.1:{settings.ui_port}")
-        say(f"Temporal gRPC    {settings.temporal_address} (namespace {settings.temporal_namespace})")
-        say(f"Outbox (SMTP)    {settings.smtp_host}:{sink.port} -> {settings.outbox.resolve()}")
-        say(f"Database         {settings.db_url}")
-        if api is not None:
-            say(f"API              http://{settings.api_host}:{settings.api_port}")
-            say(f"  DUNNING_FAKE_WEBHOOK_SECRET={settings.fake_webhook_secret}")
-            say(f"  DUNNING_API_TOKEN={settings.api_token}")
-        say(f"A 'day' is {settings.day_seconds:g} s (DUNNING_DAY_SECONDS). Ctrl-C stops everything.")
-        tasks = [asyncio.create_task(build_worker(client, settings, store).run())]
-        if api is not None:
-
-            async def client_factory():
-                from starter.client import DunningClient
-
-                return DunningClient(client, store, settings)
-
-            tasks.append(asyncio.ensure_future(api(settings, store, client_factory)))
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        waiter = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
-        for task in [waiter, *tasks]:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        for task in done:
-            failure = None if task is waiter else task.exception()
-            if failure is not None:
-                raise failure
-        say("stopped")
+        await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
     finally:
-        if sink.running:
-            sink.stop()
-        stop_process(proc)
-        store.dispose()
+        waiter.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return None
+
+
+async def _serve(
+    settings: Settings, store: Store, client: Client, api: ApiRunner | None, stop: asyncio.Event,
+    say: Callable[[str], None],
+) -> None:  # fmt: skip
+    worker_stop, api_stop = asyncio.Event(), asyncio.Event()
+    worker = asyncio.create_task(serve_worker(client, settings, store, worker_stop), name="dunning-dev-worker")
+    parts = [worker]
+    if api is not None:
+
+        async def client_factory():
+            from starter.client import DunningClient
+
+            return DunningClient(client, store, settings)
+
+        parts.append(asyncio.ensure_future(api(settings, store, client_factory, api_stop)))
+    waiter = asyncio.create_task(stop.wait())
+    await asyncio.wait([waiter, *parts], return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    if stop.is_set():
+        say(f"stopping (each part within {settings.shutdown_grace_seconds:g} s)")
+    failure: BaseException | None = None
+    for name, part, part_stop in [("API", parts[-1], api_stop), ("worker", worker, worker_stop)]:
+        if name == "API" and api is None:
+            continue
+        say(f"stopping {name}")
+        part_stop.set()
+        try:
+            await part
+        except Exception as err:  # the first failure is raised once everything stopped
+            failure = failure or err
+    if failure is not None:
+        raise failure

@@ -19,6 +19,12 @@ the sweep. Every step is safe to repeat.
     late_payment  update-with-start of a run that records `recovered_after_cancel` for the
                   exhausted campaign's identity
     none / stale  nothing to send
+
+A dispatch that fails for a reason waiting will not fix (not Temporal or the database
+unreachable, not a busy campaign) is counted on the inbox row; at `inbox_park_after`
+failures the row is parked with the reason (dunning.store.inbox_parking) and the sweep
+leaves it alone. The sweep takes rows that never failed first, so failing rows never
+starve the others.
 """
 
 from __future__ import annotations
@@ -30,8 +36,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
+from temporalio.service import RPCError, RPCStatusCode
+
 from dunning.contracts import BillingEvent
 from dunning.projection import PAST_DUE, Decision, decide
+from dunning.scrub import scrub
+from dunning.store import availability, inbox_parking
 from dunning.store.store import InboxRow, Store
 from starter.temporal_gate import is_unavailable
 
@@ -41,6 +51,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("dunning.dispatch")
 
 DEFAULT_TIMEOUT = 10.0
+# Temporal answers that mean "not now" rather than "never" (besides temporal_gate's unavailable)
+_RPC_WAITS = frozenset({RPCStatusCode.RESOURCE_EXHAUSTED, RPCStatusCode.ABORTED, RPCStatusCode.CANCELLED})
 
 
 class CampaignBusy(Exception):
@@ -52,9 +64,37 @@ class CampaignBusy(Exception):
 class Received:
     """What the receive path did with one event."""
 
-    status: str  # processed | duplicate
-    action: str  # the projection's action ('' for a duplicate)
-    result: str  # what dispatch did (for a duplicate: what it did the first time)
+    status: str  # processed | duplicate | parked
+    action: str  # the projection's action ('' for a duplicate or a parked row)
+    result: str  # what dispatch did (duplicate: what it did the first time; parked: why it is)
+
+
+def is_transient(err: BaseException) -> bool:
+    """A failure that waiting fixes: never counted towards parking."""
+    if isinstance(err, CampaignBusy) or is_unavailable(err) or availability.is_unavailable(err):
+        return True
+    return isinstance(err, RPCError) and err.status in _RPC_WAITS
+
+
+def failure_reason(err: BaseException) -> str:
+    """The exception type and its message, with no email address in it, bounded."""
+    return scrub(f"{type(err).__name__}: {err}", inbox_parking.REASON_MAX)
+
+
+async def count_failure(store: Store, provider: str, event_id: str, err: BaseException, park_after: int) -> None:
+    """One failed dispatch of a row (a transient one is not counted); parks it at `park_after`."""
+    if is_transient(err):
+        return
+    reason = failure_reason(err)
+    try:
+        failed = await asyncio.to_thread(inbox_parking.dispatch_failed, store, provider, event_id, reason, park_after)
+    except Exception as count_err:  # the original error is what the caller reports
+        log.warning("inbox row %s/%s: failure not counted (%s)", provider, event_id, type(count_err).__name__)
+        return
+    if failed.status == "parked":
+        log.error("inbox row %s/%s parked after %d failed dispatches: %s", provider, event_id, failed.attempts, reason)
+    else:
+        log.warning("inbox row %s/%s: dispatch %d failed: %s", provider, event_id, failed.attempts, reason)
 
 
 async def receive_event(
@@ -62,10 +102,12 @@ async def receive_event(
     get_client: Callable[[], Awaitable[DunningClient]],
     event: BillingEvent,
     *,
+    park_after: int,
     timeout: float = DEFAULT_TIMEOUT,
 ) -> Received:
     """Inbox, projection, dispatch. Raises CampaignBusy or the Temporal error; the row then
-    stays 'received' for a redelivery or the sweep."""
+    stays 'received' for a redelivery or the sweep. Any other failure is counted on the
+    row (parked at `park_after`) and raised. A parked row answers 'parked', doing nothing."""
     state = await asyncio.to_thread(
         store.inbox_receive,
         event.provider,
@@ -74,17 +116,23 @@ async def receive_event(
         event.subscription_id,
         event.occurred_at,
         {"event": event.for_workflow().model_dump(mode="json")},
+        customer_email=event.customer_email,
+        customer_name=event.customer_name,
     )
-    if state in ("dispatched", "ignored"):
+    if state in ("dispatched", "ignored", "parked"):
         row = await asyncio.to_thread(store.inbox_get, event.provider, event.event_id)
-        return Received("duplicate", "", (row.reason if row else None) or state)
+        return Received("parked" if state == "parked" else "duplicate", "", (row.reason if row else None) or state)
     # 'new', or 'received' (a redelivery, or a concurrent delivery of the same event): the
     # projection is decided once; a repeat gets the stored decision and dispatches it again.
-    decision = await asyncio.to_thread(store.apply_projection, event, decide)
-    if decision.action in ("none", "stale"):
-        await asyncio.to_thread(store.inbox_mark_dispatched, event.provider, event.event_id, "nothing")
-        return Received("processed", decision.action, "nothing")
-    result = await dispatch(store, await get_client(), event, decision, timeout=timeout)
+    try:
+        decision = await asyncio.to_thread(store.apply_projection, event, decide)
+        if decision.action in ("none", "stale"):
+            await asyncio.to_thread(store.inbox_mark_dispatched, event.provider, event.event_id, "nothing")
+            return Received("processed", decision.action, "nothing")
+        result = await dispatch(store, await get_client(), event, decision, timeout=timeout)
+    except Exception as err:
+        await count_failure(store, event.provider, event.event_id, err, park_after)
+        raise
     return Received("processed", decision.action, result)
 
 
@@ -141,9 +189,12 @@ def stored_event(row: InboxRow) -> BillingEvent | None:
 async def redispatch_pending(
     store: Store, client: DunningClient, *, min_age: float = 0.0, limit: int = 100, timeout: float = DEFAULT_TIMEOUT
 ) -> int:
-    """Dispatch every inbox row still 'received' (received at least `min_age` seconds
-    ago), oldest event first. Returns how many were dispatched. Stops at the first sign
-    that Temporal is unreachable; a busy subscription's later rows wait for the next pass."""
+    """Dispatch inbox rows still 'received' (received at least `min_age` seconds ago):
+    rows that never failed first, then oldest event first. Returns how many were
+    dispatched. Stops at the first sign that Temporal or the database is unreachable; a
+    busy subscription's later rows wait for the next pass; a row that fails otherwise is
+    counted and, at `settings.inbox_park_after` failures, parked."""
+    park_after = client.settings.inbox_park_after
     older_than = datetime.now(UTC) - timedelta(seconds=min_age)
     rows = await asyncio.to_thread(store.inbox_undispatched, older_than, limit)
     done = 0
@@ -151,11 +202,10 @@ async def redispatch_pending(
     for row in rows:
         if row.subscription_id in blocked:
             continue
-        event = stored_event(row)
-        if event is None:
-            log.error("inbox row %s/%s has no stored event; left pending", row.provider, row.event_id)
-            continue
         try:
+            event = stored_event(row)
+            if event is None:
+                raise ValueError("the inbox row has no stored event")
             decision = await asyncio.to_thread(store.apply_projection, event, decide)  # stored decision if any
             await dispatch(store, client, event, decision, timeout=timeout)
         except CampaignBusy as err:
@@ -163,11 +213,12 @@ async def redispatch_pending(
             blocked.add(row.subscription_id or "")
             continue
         except Exception as err:
-            if is_unavailable(err):
-                log.warning("re-dispatch paused, Temporal is unreachable: %s", err)
+            if is_unavailable(err) or availability.is_unavailable(err):
+                what = "Temporal" if is_unavailable(err) else "the database"
+                log.warning("re-dispatch paused, %s is unreachable (%s)", what, type(err).__name__)
                 break
-            log.exception("re-dispatch of %s/%s failed; left pending", row.provider, row.event_id)
-            blocked.add(row.subscription_id or "")
+            await count_failure(store, row.provider, row.event_id, err, park_after)
+            blocked.add(row.subscription_id or "")  # its later events wait: they are applied in order
             continue
         done += 1
     return done

@@ -3,9 +3,15 @@
     body > 1 MiB                 413 (Content-Length, then the bytes actually read)
     provider not configured      404 naming the setting(s) that enable it
     verify + normalize           WebhookError -> its status, {"error": reason, "message": ...}
+    text                         NUL, lone surrogate, over-long id or text: 400 malformed_body
+                                 naming the field
+    event time                   further ahead than event_max_skew_seconds, or older than
+                                 event_horizon_days: 400 event_time_out_of_range
     Ignored                      inbox row 'ignored', 200 {"status": "ignored", "reason": ...}
     BillingEvent                 inbox row (provider, event_id) once
       already dispatched/ignored 200 {"status": "duplicate"}
+      parked                     200 {"status": "parked", "reason": ...}: recorded, waiting
+                                 for an operator (`dunning inbox retry`); redelivering is no use
       projection                 decided and written once, in one transaction with the
                                  decision stored on the inbox row
       dispatch                   200 {"status": "processed", "action": ..., "result": ...}
@@ -18,13 +24,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
+from pydantic import ValidationError
 from starlette.requests import Request
 
+from dunning import event_time, text
 from dunning.config import Settings
 from dunning.contracts import BillingEvent
 from dunning.providers import braintree as bt
@@ -45,7 +54,8 @@ BRAINTREE_ENV = (
     ("DUNNING_BRAINTREE_PRIVATE_KEY", "braintree_private_key"),
 )
 # Stored columns and ids: longer values are refused rather than cut (an id must match).
-LIMITS = (("event_id", 255), ("subscription_id", 255), ("customer_id", 255), ("event_type", 128))
+# (A BillingEvent checks all of its text itself; an Ignored event is checked here.)
+LIMITS = (("event_id", text.MAX_ID), ("subscription_id", text.MAX_ID), ("customer_id", text.MAX_ID), ("event_type", 128))
 RETRY_AFTER = "30"
 
 
@@ -60,6 +70,18 @@ class Reply:
 
 def rejected(err: WebhookError) -> Reply:
     return Reply(err.status, {"error": err.reason, "message": err.message}, "rejected", err.reason)
+
+
+class OutOfRange(Exception):
+    """A verified event dated further ahead than the clock skew allows, or older than the horizon."""
+
+
+def out_of_range(message: str) -> Reply:
+    return Reply(400, {"error": "event_time_out_of_range", "message": message}, "rejected", "event_time_out_of_range")
+
+
+async def wall_clock() -> datetime:
+    return datetime.now(UTC)
 
 
 def disabled(provider: str, settings: Settings) -> WebhookError | None:
@@ -114,7 +136,10 @@ def form_fields(body: bytes, content_type: str | None) -> dict[str, str]:
 def verify(provider: str, settings: Settings, request: Request, body: bytes) -> BillingEvent | Ignored:
     """Verify the signature and normalize, with the provider's own adapter."""
     if provider == "stripe":
-        return stripe.parse_stripe(body, request.headers.get("stripe-signature"), settings.stripe_webhook_secret)
+        return stripe.parse_stripe(
+            body, request.headers.get("stripe-signature"), settings.stripe_webhook_secret,
+            max_skew=settings.event_max_skew_seconds,
+        )  # fmt: skip
     if provider == "fake":
         return fake.parse_fake(
             body, request.headers.get("x-dunning-signature"), settings.fake_webhook_secret, now=datetime.now(UTC)
@@ -133,10 +158,27 @@ def verify(provider: str, settings: Settings, request: Request, body: bytes) -> 
 
 
 def check_bounds(event: BillingEvent | Ignored) -> None:
-    for name, limit in LIMITS:
-        value = getattr(event, name, None)
-        if isinstance(value, str) and len(value) > limit:
-            raise WebhookError("malformed_body", f"{name} is {len(value)} characters; at most {limit} are accepted")
+    bad = text.first_problem((name, getattr(event, name, None), limit) for name, limit in LIMITS)
+    if bad:
+        raise WebhookError("malformed_body", bad)
+
+
+def invalid_fields(err: ValidationError) -> str:
+    """Which fields were refused and why, in words; never the values (they may be people)."""
+    parts = []
+    for e in err.errors():
+        name = ".".join(str(p) for p in e["loc"]) or "event"
+        msg = str(e["msg"]).removeprefix("Value error, ")
+        parts.append(msg if msg.startswith(name + " ") else f"{name}: {msg}")
+    return "; ".join(parts)
+
+
+def check_time(event: BillingEvent, settings: Settings, now: datetime) -> None:
+    why = event_time.out_of_range(
+        event.occurred_at, now, max_skew_seconds=settings.event_max_skew_seconds, horizon_days=settings.event_horizon_days
+    )
+    if why:
+        raise OutOfRange(why)
 
 
 async def receive(
@@ -147,6 +189,7 @@ async def receive(
     gate: TemporalGate,
     *,
     timeout: float,
+    clock: Callable[[], Awaitable[datetime]] = wall_clock,
 ) -> Reply:
     try:
         off = disabled(provider, settings)
@@ -157,12 +200,18 @@ async def receive(
             parsed = verify(provider, settings, request, body)
         except WebhookError:
             raise
+        except ValidationError as err:  # verified, but a field is not fit to keep (dunning.text)
+            raise WebhookError("malformed_body", f"invalid event: {invalid_fields(err)}") from None
         except Exception as err:  # an adapter bug must not become a 500 the provider retries forever
-            log.warning("%s webhook could not be normalized", provider, exc_info=True)
+            log.warning("%s webhook could not be normalized (%s)", provider, type(err).__name__)
             raise WebhookError("malformed_body", f"event could not be normalized ({type(err).__name__})") from None
         check_bounds(parsed)
+        if isinstance(parsed, BillingEvent):
+            check_time(parsed, settings, await clock())
     except WebhookError as err:
         return rejected(err)
+    except OutOfRange as err:
+        return out_of_range(str(err))
 
     occurred_at = None
     if isinstance(parsed, BillingEvent) and (parsed.kind is None or not parsed.subscription_id):
@@ -177,7 +226,7 @@ async def receive(
 
     event = parsed
     try:
-        received = await receive_event(store, gate.get, event, timeout=timeout)
+        received = await receive_event(store, gate.get, event, park_after=settings.inbox_park_after, timeout=timeout)
     except CampaignBusy as err:
         answer = {"error": "campaign_busy", "message": str(err)}
         return Reply(503, answer, "busy", "campaign_busy", {"Retry-After": RETRY_AFTER})
@@ -192,5 +241,7 @@ async def receive(
         return Reply(503, answer, "unavailable", "temporal_unavailable", {"Retry-After": RETRY_AFTER})
     if received.status == "duplicate":
         return Reply(200, {"status": "duplicate"}, "duplicate", "dispatched")
+    if received.status == "parked":
+        return Reply(200, {"status": "parked", "reason": received.result}, "parked", "parked")
     answer = {"status": "processed", "action": received.action, "result": received.result}
     return Reply(200, answer, "processed", received.action)

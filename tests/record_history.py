@@ -51,12 +51,12 @@ async def record(tag: str) -> None:
             full = await dunning.start_campaign("sub_hist_full", "cus_h", "h@example.com", anchor, decline_class="soft")
             await full.result()
             full = dunning.client.get_workflow_handle(full.id, run_id=(await full.describe()).run_id)
-            await dunning.payment_recovered("sub_hist_full", "paid late")  # after_cancel run
+            await dunning.payment_recovered("sub_hist_full", "paid_out_of_band")  # after_cancel run
             # the recover Update on day 8, after a consequence change
             t = await env.get_current_time()
             rec = await dunning.start_campaign("sub_hist_recover", "cus_h", "h@example.com", t, decline_class="soft")
             await env.sleep(8 * DAY)
-            await dunning.payment_recovered("sub_hist_recover", "paid by bank transfer")
+            await dunning.payment_recovered("sub_hist_recover", "paid_out_of_band")
             await rec.result()
             # a payment the projection saw but no message carried: the next effect is superseded
             t0 = await env.get_current_time()

@@ -107,7 +107,7 @@ async def test_temporal_down_answers_503_and_the_event_is_dispatched_when_it_is_
     async def temporal_down() -> DunningClient:
         raise RuntimeError("Failed client connect: connection refused")
 
-    async with api_client(api_settings(settings), store, temporal_down) as down:
+    async with api_client(api_settings(settings), store, temporal_down, clock=tenv.get_current_time) as down:
         response = await post(down, stripe_request("evt_outage", "invoice.payment_failed", sub, failed_at,
                                                    customer="cus_out", email="out@example.com"))  # fmt: skip
         assert response.status_code == 503
@@ -141,14 +141,14 @@ async def test_a_client_on_a_closed_port_is_unavailable_and_the_redelivery_dispa
     async def closed_port() -> DunningClient:
         return DunningClient(await Client.connect("127.0.0.1:1", lazy=True, data_converter=pydantic_data_converter), store, settings)
 
-    async with api_client(api_settings(settings), store, closed_port) as down:
+    async with api_client(api_settings(settings), store, closed_port, clock=tenv.get_current_time) as down:
         assert (await post(down, request)).status_code == 503
     assert store.inbox_get("fake", request_id(request)).status == "received"
 
     async def up() -> DunningClient:
         return dunning
 
-    async with api_client(api_settings(settings), store, up) as back:  # the provider redelivers
+    async with api_client(api_settings(settings), store, up, clock=tenv.get_current_time) as back:  # the provider redelivers
         response = await post(back, request)
     assert response.json() == {"status": "processed", "action": "start", "result": "started"}
     await eventually(mailbox.messages)
@@ -246,7 +246,8 @@ async def test_the_background_sweep_dispatches_what_a_503_left_behind(tenv, sett
             raise ConnectionRefusedError("connection refused")
         return dunning
 
-    app = create_app(api_settings(settings), store, factory, sweep_interval=0.05, sweep_min_age=0)
+    app = create_app(api_settings(settings), store, factory, sweep_interval=0.05, sweep_min_age=0,
+                     clock=tenv.get_current_time)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://dunning.test") as client:
@@ -276,7 +277,7 @@ async def test_recover_then_fail_again_while_temporal_was_down_makes_a_second_ca
         raise ConnectionRefusedError("connection refused")
 
     second_at = first_at + timedelta(hours=2)
-    async with api_client(api_settings(settings), store, temporal_down) as down:
+    async with api_client(api_settings(settings), store, temporal_down, clock=tenv.get_current_time) as down:
         paid = await post(down, stripe_request("evt_a2", "invoice.paid", sub, first_at + timedelta(hours=1)))
         failed = await post(down, stripe_request("evt_a3", "invoice.payment_failed", sub, second_at, customer="cus_a"))
     assert (paid.status_code, failed.status_code) == (503, 503)

@@ -50,11 +50,11 @@ async def test_recovery_on_day_3_stops_at_once_after_one_email(tenv, dunning, st
     running = await dunning.status("sub_rec")
     assert running.outcome == "running" and running.steps_sent == ["first_notice"]
     assert running.next_step.key == "reminder" and near(running.next_step.at - anchor, 5 * DAY)
-    answer = await dunning.payment_recovered("sub_rec", "card charged")
+    answer = await dunning.payment_recovered("sub_rec", "card_updated")
     assert (answer.status, answer.outcome) == ("recovered", "recovered")
     state = await handle.result()
 
-    assert state.outcome == "recovered" and state.reason == "card charged"
+    assert state.outcome == "recovered" and state.reason == "card_updated"
     assert near(state.ended_at - anchor, 3 * DAY)  # at once, not at the next step
     assert mailbox.steps() == ["first_notice"]
     assert [e.type for e in store.events("sub_rec")] == [

@@ -15,6 +15,7 @@ from sqlalchemy import event, select
 
 from dunning.contracts import BillingEvent, CampaignEnd, EntitlementChange, EventKind, Superseded
 from dunning.projection import decide
+from dunning.store import campaign_writes
 from dunning.store.campaign_writes import change_entitlement, claim_effect, finish_campaign
 from dunning.store.schema import step_deliveries
 from dunning.store.store import EffectClaim, Store
@@ -243,3 +244,21 @@ def test_an_old_campaigns_late_end_leaves_the_new_campaign_running(store):
     assert ("dunning.recovered", "") in _ledger(store)
     got = claim_effect(store, SUB, T0 + 5 * DAY, "first_notice", "msg-1", "tok-a", T0 + 6 * DAY)
     assert got == EffectClaim("claimed", "tok-a")
+
+
+def test_delivery_counts_show_unconfirmed_claims_and_resends(store):
+    at = T0
+    _enter(store, at)
+    assert store.delivery_counts() == {"unconfirmed": 0, "resends": 0}
+    store.claim_step(SUB, at, "first_notice", "<m@x>", "a1", at)
+    assert campaign_writes.count_send(store, SUB, at, "first_notice", "a1") == 1
+    assert store.delivery_counts() == {"unconfirmed": 1, "resends": 0}
+    taken = campaign_writes.claim_effect(store, SUB, at, "first_notice", "<m@x>", "a2", at, take_over=True)
+    assert taken.state == "claimed" and taken.taken_over and taken.sends == 1
+    assert campaign_writes.count_send(store, SUB, at, "first_notice", "a1") == 0  # the dead one lost it
+    assert campaign_writes.count_send(store, SUB, at, "first_notice", "a2") == 2
+    store.mark_step_sent(SUB, "cus", at, "first_notice", "<m@x>", at)
+    assert store.delivery_counts() == {"unconfirmed": 0, "resends": 1}
+    assert store.ledger_counts("dunning.step_sent", "dunning.action_failed") == {
+        "dunning.step_sent": 1, "dunning.action_failed": 0,
+    }  # fmt: skip

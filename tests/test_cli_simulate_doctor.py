@@ -38,7 +38,9 @@ async def test_simulate_commands_drive_a_campaign_through_the_served_api(tenv, s
     async def factory():
         return dunning
 
-    server = asyncio.create_task(serve_api(config, store, factory, "127.0.0.1", port, log_level="warning"))
+    # event times are bounded against the provider's clock here: the time-skipping server's
+    serving = serve_api(config, store, factory, "127.0.0.1", port, log_level="warning", clock=tenv.get_current_time)
+    server = asyncio.create_task(serving)
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
         for _ in range(100):
             with contextlib.suppress(httpx.TransportError):

@@ -17,7 +17,7 @@ from aiosmtpd.controller import Controller
 from dunning.config import BUILTIN_TEMPLATES, known_templates
 from dunning.email.message import build_message, domain_of, message_id_for
 from dunning.email.outbox import OutboxSink, read_outbox, write_eml
-from dunning.email.render import RenderedEmail, TemplateNotFound, render
+from dunning.email.render import RenderedEmail, TemplateNotFound, longdate, render
 from dunning.email.sender import SmtpError, send_message
 
 STARTED = datetime(2025, 3, 1, 9, 30, tzinfo=UTC)
@@ -33,6 +33,7 @@ def context(**overrides: Any) -> dict[str, Any]:
         "update_payment_url": "https://billing.example.com/update?s=sub_ABC123&t=1",
         "grace_ends_at": STARTED + timedelta(days=14),
         "amount_due": "$49.00",
+        "first_notice_at": STARTED,
     }
     ctx.update(overrides)
     return ctx
@@ -352,3 +353,17 @@ def test_write_eml_never_overwrites(tmp_path: Path) -> None:
     assert nameless.name.endswith("-no-message-id.eml")
     assert [m["Subject"] for m in read_outbox(tmp_path)] == ["x", "x", "x"]
     assert read_outbox(tmp_path / "missing") == []
+
+
+@pytest.mark.parametrize("name", ["reminder", "final_notice"])
+def test_a_late_email_claims_no_earlier_notice_the_customer_never_received(name: str) -> None:
+    first_sent = STARTED + timedelta(days=1, hours=3)
+    told = render(BUILTIN_TEMPLATES, name, context(first_notice_at=first_sent))
+    never_told = render(BUILTIN_TEMPLATES, name, context(first_notice_at=None))
+    for out in (told.text, told.html):
+        assert ("first let you know" in out) or ("earlier reminders" in out)
+    if name == "reminder":
+        assert longdate(first_sent) in told.text
+    for out in (never_told.text, never_told.html):
+        assert "first let you know" not in out and "earlier reminders" not in out
+        assert longdate(STARTED) in out  # still says since when the payment is overdue

@@ -1,5 +1,6 @@
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -110,3 +111,45 @@ def test_walking_from_a_late_start_never_repeats_or_reorders(steps, anchor, late
         handled.add(r.key)
         visited.extend([*r.skipped, r.key])
     assert visited == [s.key for s in steps]
+
+
+# --- catch-up rules after an outage -------------------------------------------------------
+from dunning import journey  # noqa: E402
+
+A = datetime(2026, 1, 1, tzinfo=UTC)
+CATCH_PLAN = CampaignPlan(
+    steps=[StepSpec(after_days=0, key="first_notice", template="first_notice"),
+           StepSpec(after_days=5, key="reminder", template="reminder"),
+           StepSpec(after_days=12, key="final_notice", template="final_notice")],
+    grace_days=14, day_seconds=86400,
+)  # fmt: skip
+
+
+def _email(key: str, days: float) -> Due:
+    return Due(key, "email", boundary(A, days, 86400), timedelta(0), (), key)
+
+
+@pytest.mark.parametrize(
+    ("key", "due_day", "now_day", "expected"),
+    [
+        ("final_notice", 12, 12, None),  # on time: never skipped
+        ("final_notice", 12, 12.9, None),  # late, 1.1 days of notice left >= min(1 day, 2 days)
+        ("final_notice", 12, 13.5, journey.SKIP_NOTICE_TOO_SHORT),  # half a day before the cancel
+        ("final_notice", 12, 14, journey.SKIP_DEADLINE_PASSED),
+        ("reminder", 5, 11, None),  # 3 days left
+        ("first_notice", 0, 13.2, journey.SKIP_NOTICE_TOO_SHORT),
+        ("final_notice", 14, 14, None),  # a step planned at the deadline, on time
+    ],
+)
+def test_an_overdue_email_is_skipped_only_when_it_would_tell_the_customer_too_little_time(
+    key, due_day, now_day, expected
+):
+    due = _email(key, due_day)
+    assert journey.skip_reason(due, boundary(A, now_day, 86400), CATCH_PLAN, A) == expected
+
+
+def test_retries_and_rungs_are_never_skipped_by_the_notice_rule():
+    late = boundary(A, 13.9, 86400)
+    for due in (Due("retry@7d", "retry", boundary(A, 7, 86400), timedelta(0)),
+                Due("level:suspended@10d", "consequence", boundary(A, 10, 86400), timedelta(0), (), "suspended")):
+        assert journey.skip_reason(due, late, CATCH_PLAN, A) is None

@@ -152,3 +152,28 @@ async def test_stripe_mark_unpaid_on_exhaustion_marks_the_invoice_uncollectible_
     assert server.calls() == [("POST", path)]
     assert server.requests[0].headers["idempotency-key"] == idempotency_key(sub, anchor, "terminal")
     assert store.get_subscription(sub).status == "unpaid"
+
+
+async def test_stripe_answering_401_at_exhaustion_is_recorded_once_and_the_campaign_ends(
+    tenv, new_sub, store, settings, mailbox, server: Recorder
+):
+    sub = new_sub("sub_st_401")
+    error = {"error": {"type": "invalid_request_error", "message": "Invalid API Key provided: sk_test_***flow"}}
+    server.json("DELETE", f"/v1/subscriptions/{sub}", 401, error)
+
+    async with running_worker(tenv, stripe_settings(settings, server), store) as dunning:
+        anchor = await tenv.get_current_time()
+        handle = await dunning.start_campaign(
+            sub, "cus_st_401", "kim@example.com", anchor, provider="stripe", decline_class="soft", invoice_id="in_401"
+        )
+        state = await handle.result()  # ends: no endless retry of a call the provider refuses
+
+    assert server.calls() == [("DELETE", f"/v1/subscriptions/{sub}")]  # asked once, never again
+    assert state.outcome == "exhausted" and state.terminal_action == "cancel: failed"
+    assert state.stage == "needs_attention"
+    (failed,) = ledger(store, sub, "dunning.action_failed")
+    assert failed.step_key == "terminal" and failed.data["error"] == "ProviderError"
+    assert "401" in failed.data["message"] or "API Key" in failed.data["message"]
+    assert len(ledger(store, sub, "dunning.exhausted")) == 1
+    assert store.get_subscription(sub).status != "past_due"  # the projection is not stuck
+    assert store.unconfirmed_deliveries() == []

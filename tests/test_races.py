@@ -53,7 +53,7 @@ class PayDuring(Interceptor):
         only answer after the activity this interceptor holds)."""
         assert self.client is not None
         key = f"race-{subscription_id}"
-        self.answer = asyncio.create_task(self.client.payment_recovered(subscription_id, "paid by bank transfer", key))
+        self.answer = asyncio.create_task(self.client.payment_recovered(subscription_id, "paid_out_of_band", key))
         for _ in range(500):
             row = await asyncio.to_thread(self.client.store.inbox_get, "fake", f"payment_service:{key}")
             if row is not None and row.payload.get("decision"):
@@ -86,7 +86,7 @@ async def racing_worker(env, settings, store) -> AsyncIterator[tuple[SkippingDun
     client = SkippingDunningClient(env, store, settings)
     payer.client = client
     campaign, payments = CampaignActivities(settings, store), PaymentActivities(settings, store)
-    acts = [*campaign.all(), payments.retry_payment, payments.terminal_action, OutboundActivities(settings).emit]
+    acts = [*campaign.all(), payments.retry_payment, payments.terminal_action, OutboundActivities(store).emit]
     async with Worker(
         env.client, task_queue=settings.temporal_task_queue, workflows=[DunningCampaign], activities=acts,
         interceptors=[payer], activity_executor=concurrent.futures.ThreadPoolExecutor(max_workers=4),
@@ -128,7 +128,7 @@ async def test_a_payment_that_lands_before_an_effect_claims_stops_it(
         tenv, settings, store, new_sub, f"race_{activity_type}", activity_type, "before", decline_class, card
     )
 
-    assert (state.outcome, state.reason) == ("recovered", "paid by bank transfer")
+    assert (state.outcome, state.reason) == ("recovered", "paid_out_of_band")
     assert (answer.status, answer.outcome) == ("recovered", "recovered")
     if activity_type == "send_step_email":
         assert mailbox.steps() == []  # the day-0 notice never went out
@@ -150,7 +150,7 @@ async def test_a_payment_while_the_cancel_runs_is_recovered_after_cancel_never_e
     )
 
     assert len(cancels(store, sub)) == 1  # the cancel had run: it is not undone, nor repeated
-    assert state.outcome == "recovered_after_cancel" and state.reason == "paid by bank transfer"
+    assert state.outcome == "recovered_after_cancel" and state.reason == "paid_out_of_band"
     assert (answer.status, answer.outcome) == ("recovered_after_cancel", "recovered_after_cancel")
     assert len(ledger(store, sub, "dunning.recovered_after_cancel")) == 1
     assert ledger(store, sub, "dunning.recovered") == []
@@ -172,7 +172,7 @@ async def test_a_payment_while_the_exhausted_end_is_recorded_is_recovered_after_
 
     assert len(cancels(store, sub)) == 1
     assert (answer.status, answer.outcome) == ("recovered_after_cancel", "recovered_after_cancel")
-    assert state.outcome == "recovered_after_cancel" and state.reason == "paid by bank transfer"
+    assert state.outcome == "recovered_after_cancel" and state.reason == "paid_out_of_band"
     assert len(ledger(store, sub, "dunning.exhausted")) == 1
     assert len(ledger(store, sub, "dunning.recovered_after_cancel")) == 1 and ledger(store, sub, "dunning.recovered") == []
     ent = entitlement_of(store, sub)
@@ -189,17 +189,17 @@ async def test_a_payment_after_the_exhausted_campaign_ended_is_recorded_for_that
     assert (await handle.result()).outcome == "exhausted"
     assert len(cancels(store, sub)) == 1
 
-    answer = await dunning.payment_recovered(sub, "paid by bank transfer", idempotency_key="late_1")
+    answer = await dunning.payment_recovered(sub, "paid_out_of_band", idempotency_key="late_1")
     assert (answer.status, answer.outcome) == ("recovered_after_cancel", "recovered_after_cancel")
     assert answer.campaign_started_at == anchor  # the campaign the payment was recorded for
-    again = await dunning.payment_recovered(sub, "paid by bank transfer", idempotency_key="late_1")
+    again = await dunning.payment_recovered(sub, "paid_out_of_band", idempotency_key="late_1")
     assert (again.status, again.duplicate) == ("recovered_after_cancel", True)
     state = await dunning.status(sub)
     assert (state.outcome, state.campaign_started_at, state.stage) == ("recovered_after_cancel", anchor, "recovered_after_cancel")
     (late,) = ledger(store, sub, "dunning.recovered_after_cancel")
-    assert late.campaign_started_at == anchor and late.data["reason"] == "paid by bank transfer"
+    assert late.campaign_started_at == anchor and late.data["reason"] == "paid_out_of_band"
     assert len(ledger(store, sub, "dunning.exhausted")) == 1 and len(cancels(store, sub)) == 1
-    third = await dunning.payment_recovered(sub, "paid twice?")  # a new payment: the truth, nothing new
+    third = await dunning.payment_recovered(sub, "payment_succeeded")  # a new payment: the truth, nothing new
     assert (third.status, third.outcome) == ("already_ended", "recovered_after_cancel")
     assert len(ledger(store, sub, "dunning.recovered_after_cancel")) == 1
 
@@ -230,7 +230,7 @@ async def test_a_transient_failure_at_the_end_never_leaves_the_entitlement_restr
         assert entitlement_of(store, sub).entitlement == "limited"  # type: ignore[union-attr]
         sa_event.listen(store.engine, "before_cursor_execute", fail_once)
         try:
-            answer = await dunning.payment_recovered(sub, "paid by bank transfer")
+            answer = await dunning.payment_recovered(sub, "paid_out_of_band")
             state = await handle.result()
         finally:
             sa_event.remove(store.engine, "before_cursor_execute", fail_once)

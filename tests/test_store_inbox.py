@@ -5,6 +5,9 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime, timedelta
 
+import pytest
+from pydantic import ValidationError
+
 from dunning.contracts import BillingEvent, EventKind
 from dunning.projection import decide
 from dunning.store.store import Store
@@ -81,10 +84,12 @@ def test_stale_event_writes_nothing_not_even_the_customer(store):
     assert store.get_customer("cus_1") is None
 
 
-def test_oversized_email_is_not_stored_and_name_is_cut(store):
-    store.apply_projection(event("evt_1", customer_email="a" * 400 + "@x.io", customer_name="N" * 300), decide)
-    customer = store.get_customer("cus_1")
-    assert customer.email is None and customer.name == "N" * 255
+def test_oversized_email_or_name_is_refused_by_the_event_naming_the_field():
+    """Never cut: the event itself refuses (the webhook answers 400 before any write)."""
+    with pytest.raises(ValidationError, match="customer_email is 405 characters; at most 320 are accepted"):
+        event("evt_1", customer_email="a" * 400 + "@x.io")
+    with pytest.raises(ValidationError, match="customer_name is 300 characters; at most 255 are accepted"):
+        event("evt_1", customer_name="N" * 300)
 
 
 def test_concurrent_failures_of_one_subscription_start_once(store):

@@ -1,8 +1,21 @@
-"""Build the Temporal client and the worker that runs campaigns."""
+"""Build the Temporal client and the worker that runs campaigns; run it (with the outbox
+deliverer when `outbound_urls` is set) until SIGTERM/SIGINT, then stop gracefully.
+
+Graceful stop: the worker stops polling for new tasks; activities in flight get
+`shutdown_grace_seconds` to finish, then are cancelled (the SDK's
+`graceful_shutdown_timeout`) and reported back to Temporal, which retries them on another
+worker; the outbox deliverer finishes the POST in flight. If something still runs
+`SHUTDOWN_SLACK` seconds after the grace period (an activity that ignores cancellation),
+the process gives up waiting and exits anyway: Temporal retries that activity after its
+timeout.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
+import logging
+from datetime import timedelta
 
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -13,7 +26,12 @@ from activities.outbound import OutboundActivities
 from activities.payments import PaymentActivities
 from dunning.config import Settings
 from dunning.store.store import Store
+from starter.outbound import OutboxDeliverer
+from worker.shutdown import stop_on_signals
 from workflows.campaign import DunningCampaign
+
+log = logging.getLogger("dunning.worker")
+SHUTDOWN_SLACK = 5.0  # seconds past the grace period before the process stops waiting
 
 
 async def connect(settings: Settings) -> Client:
@@ -33,7 +51,7 @@ def build_worker(client: Client, settings: Settings, store: Store, task_queue: s
         *CampaignActivities(settings, store).all(),
         payments.retry_payment,
         payments.terminal_action,
-        OutboundActivities(settings).emit,
+        OutboundActivities(store).emit,
     ]
     return Worker(
         client,
@@ -41,13 +59,51 @@ def build_worker(client: Client, settings: Settings, store: Store, task_queue: s
         workflows=[DunningCampaign],
         activities=activities,
         activity_executor=concurrent.futures.ThreadPoolExecutor(max_workers=8),
+        graceful_shutdown_timeout=timedelta(seconds=settings.shutdown_grace_seconds),
     )
 
 
-async def run_worker(settings: Settings) -> None:
-    store = Store.open(settings.db_url)
-    client = await connect(settings)
+async def serve_worker(client: Client, settings: Settings, store: Store, stop: asyncio.Event) -> None:
+    """Run the worker, and the outbox deliverer when outbound URLs are configured, until
+    `stop` is set (or the worker fails: that error is raised after the stop)."""
+    worker = build_worker(client, settings, store)
+    deliverer_stop = asyncio.Event()
+    tasks = [asyncio.create_task(worker.run(), name="dunning-worker")]
+    if settings.outbound_urls:
+        deliverer = OutboxDeliverer.from_settings(settings, store)
+        tasks.append(asyncio.create_task(deliverer.run(deliverer_stop), name="dunning-outbox"))
+    log.info("worker running on task queue %s", settings.temporal_task_queue)
+    stopping = asyncio.create_task(stop.wait())
     try:
-        await build_worker(client, settings, store).run()
+        await asyncio.wait([stopping, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        grace = settings.shutdown_grace_seconds
+        log.info("worker stopping: no new tasks; activities in flight get up to %g s, then are handed back", grace)
+        deliverer_stop.set()
+        shutdown = asyncio.create_task(worker.shutdown())
+        _, late = await asyncio.wait([shutdown, *tasks], timeout=grace + SHUTDOWN_SLACK)
+        if late:
+            log.error("worker still busy %g s after the stop: exiting anyway; Temporal retries what was in flight",
+                      grace + SHUTDOWN_SLACK)  # fmt: skip
+            for task in late:
+                task.cancel()
+            await asyncio.wait(late, timeout=1)
+    failures = [t.exception() for t in tasks if t.done() and not t.cancelled() and t.exception()]
+    if failures and not stop.is_set():
+        raise failures[0]  # type: ignore[misc]
+    log.info("worker stopped")
+
+
+async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    """`dunning worker` / `python -m worker`: until SIGTERM or SIGINT (or `stop`)."""
+    # httpx logs every request's full URL at INFO; an outbound URL's path may hold a token
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger("httpx").level))
+    store = Store.open(settings.db_url)
+    try:
+        client = await connect(settings)
+        stop = stop or asyncio.Event()
+        with stop_on_signals(stop, "worker", settings.shutdown_grace_seconds):
+            await serve_worker(client, settings, store, stop)
     finally:
         store.dispose()

@@ -16,7 +16,7 @@ No I/O and no clock here: `workflow.now()`.
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -43,6 +43,7 @@ with workflow.unsafe.imports_passed_through():
         Resolution,
         RetryRecord,
         RetryRequest,
+        SkippedActions,
         StepRequest,
         Superseded,
         TerminalRequest,
@@ -54,6 +55,13 @@ WORKFLOW_NAME = "DunningCampaign"
 # forever: an action is delayed, never lost. Non-retryable errors become a state.
 RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0, maximum_interval=timedelta(minutes=5))
 TIMEOUT = timedelta(seconds=60)
+# Effects that talk to SMTP or a provider heartbeat every second: a dead worker's attempt
+# is retried within seconds, and the retry repeats the effect the far side dedupes.
+HEARTBEAT = timedelta(seconds=5)
+NEEDS_ATTENTION = "needs_attention"
+# Changes to the commands a run issues go behind a patch (see tests/test_replay.py).
+PATCH_OUTBOX = "outbox-in-store"  # outbound events are enqueued by the store's transactions
+PATCH_SKIPS = "skips-in-ledger"  # skipped actions are recorded in the ledger
 # A host app that is down for long must not hold the campaign: bounded, then recorded.
 OUTBOUND_TIMEOUT = timedelta(seconds=30)
 OUTBOUND_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=2), maximum_attempts=10)
@@ -85,6 +93,8 @@ class DunningCampaign:
         self._final: ending.End | None = None  # decided once the loop stops
         self._recorded = False  # the end is in the store: nothing can change it now
         self._changed = False  # a billing event changed the situation: plan again
+        self._attention = False  # a permanent failure: DunningStage stays needs_attention
+        self._first_sent_at: datetime | None = None  # when this campaign's first email went out
 
     # --- messages --------------------------------------------------------------------
     def _claim(self, kind: ending.ClaimKind, reason: str, resolution: str = "", inferred: bool = False) -> None:
@@ -172,7 +182,12 @@ class DunningCampaign:
             handled.update(due.skipped)
             if due.kind == "email":  # skipped keys come from the due action's own lane
                 self._state.steps_skipped.extend(due.skipped)
-            if due.kind == journey.EXHAUST:
+            await self._record_skipped(inp, list(due.skipped), journey.SKIP_SUPERSEDED)
+            skip = journey.skip_reason(due, workflow.now(), plan, anchor)
+            if skip is not None:  # late, and sending now would tell the customer something untrue
+                self._state.steps_skipped.append(due.key)
+                await self._record_skipped(inp, [due.key], skip)
+            elif due.kind == journey.EXHAUST:
                 await self._terminal(inp, plan)
             elif due.kind == "retry":
                 await self._retry(inp, due)
@@ -209,6 +224,28 @@ class DunningCampaign:
         if not any(c.kind == ending.PAID for c in self._claims):  # started without a message
             self._claim(ending.PAID, "payment after the terminal action")
         return await self._settle(inp)
+
+    async def _record_skipped(self, inp: CampaignInput, keys: list[str], reason: str) -> None:
+        if not keys or not workflow.patched(PATCH_SKIPS):
+            return
+        skipped = SkippedActions(
+            subscription_id=inp.subscription_id,
+            customer_id=inp.customer_id,
+            campaign_started_at=inp.failed_at,
+            keys=keys,
+            reason=reason,
+            at=workflow.now(),
+        )
+        await workflow.execute_activity_method(
+            CampaignActivities.record_skipped, skipped, start_to_close_timeout=TIMEOUT, retry_policy=RETRY
+        )
+
+    def _needs_attention(self, what: str, err: ActivityError) -> None:
+        """A permanent failure (recorded in the ledger by the activity): visible and
+        filterable (DunningStage = needs_attention); the campaign goes on."""
+        workflow.logger.error("%s failed permanently: %s", what, err.cause)
+        self._attention = True
+        self._stage(NEEDS_ATTENTION)
 
     def _late_possible(self) -> bool:
         return self._final is not None and self._final.outcome == "exhausted" and self._state.outcome == "exhausted"
@@ -247,14 +284,20 @@ class DunningCampaign:
             template=due.detail,
             due_at=workflow.now(),
             grace_ends_at=journey.boundary(inp.failed_at, plan.grace_days, plan.day_seconds),
+            scheduled_at=due.at,
+            first_notice_at=self._first_sent_at,
         )
         try:
             outcome = await workflow.execute_activity_method(
-                CampaignActivities.send_step_email, req, start_to_close_timeout=TIMEOUT, retry_policy=RETRY
+                CampaignActivities.send_step_email,
+                req,
+                start_to_close_timeout=TIMEOUT,
+                heartbeat_timeout=HEARTBEAT,
+                retry_policy=RETRY,
             )
-        except ActivityError as err:  # non-retryable (no email address, 5xx): a visible state
-            workflow.logger.error("step %s failed: %s", due.key, err.cause)
+        except ActivityError as err:  # non-retryable (no email address, 5xx, template): a visible state
             self._state.steps_failed.append(due.key)
+            self._needs_attention(f"step {due.key}", err)
             return
         if outcome.status == "superseded":
             self._superseded(outcome.superseded)
@@ -263,6 +306,8 @@ class DunningCampaign:
             self._state.steps_unconfirmed.append(due.key)
         else:
             self._state.steps_sent.append(due.key)
+            if self._first_sent_at is None:
+                self._first_sent_at = workflow.now()
         self._stage(due.key)
 
     async def _retry(self, inp: CampaignInput, due: journey.Due) -> None:
@@ -274,14 +319,19 @@ class DunningCampaign:
             provider=inp.provider,
             invoice_id=self._invoice_id,
             at=workflow.now(),
+            scheduled_at=due.at,
         )
         try:
             outcome = await workflow.execute_activity_method(
-                PaymentActivities.retry_payment, req, start_to_close_timeout=TIMEOUT, retry_policy=RETRY
+                PaymentActivities.retry_payment,
+                req,
+                start_to_close_timeout=TIMEOUT,
+                heartbeat_timeout=HEARTBEAT,
+                retry_policy=RETRY,
             )
         except ActivityError as err:  # e.g. provider refused our credentials: visible
-            workflow.logger.error("retry %s failed: %s", due.key, err.cause)
             self._state.retries.append(RetryRecord(key=due.key, at=workflow.now(), outcome="error"))
+            self._needs_attention(f"retry {due.key}", err)
             return
         if outcome.status == "superseded":
             self._superseded(outcome.superseded)
@@ -305,6 +355,7 @@ class DunningCampaign:
             level=due.detail,
             previous=previous,
             at=workflow.now(),
+            scheduled_at=due.at,
         )
         outcome = await workflow.execute_activity_method(
             CampaignActivities.change_entitlement, change, start_to_close_timeout=TIMEOUT, retry_policy=RETRY
@@ -324,9 +375,19 @@ class DunningCampaign:
             invoice_id=self._invoice_id,
             action=plan.on_exhaustion,
         )
-        outcome = await workflow.execute_activity_method(
-            PaymentActivities.terminal_action, req, start_to_close_timeout=TIMEOUT, retry_policy=RETRY
-        )
+        try:
+            outcome = await workflow.execute_activity_method(
+                PaymentActivities.terminal_action,
+                req,
+                start_to_close_timeout=TIMEOUT,
+                heartbeat_timeout=HEARTBEAT,
+                retry_policy=RETRY,
+            )
+        except ActivityError as err:  # e.g. the provider answers 401: recorded, the campaign ends
+            self._state.terminal_action = f"{plan.on_exhaustion}: failed"
+            self._needs_attention("terminal action", err)
+            self._claim(ending.EXHAUSTED, EXHAUSTED_REASON)
+            return
         if outcome.status == "superseded":
             self._superseded(outcome.superseded)
             return
@@ -375,6 +436,8 @@ class DunningCampaign:
     async def _emit(self, type_: str, data: dict) -> None:
         if self._plan is not None and not self._plan.outbound:
             return  # no receiver configured: no activity that does nothing
+        if workflow.patched(PATCH_OUTBOX):
+            return  # the store enqueued it in the transaction that wrote the fact
         event = OutboundEvent(
             type=type_,  # type: ignore[arg-type]
             subscription_id=self._inp.subscription_id,
@@ -393,11 +456,15 @@ class DunningCampaign:
     def _details(self, text: str) -> str:
         """Current details for the UI: what happens next, and anything ops must look at."""
         if self._state.steps_unconfirmed:
-            text += f"\nUNCONFIRMED (claimed, send not confirmed; not resent): {', '.join(self._state.steps_unconfirmed)}"
+            text += f"\nUNCONFIRMED (claimed, result not confirmed; not repeated): {', '.join(self._state.steps_unconfirmed)}"
         if self._state.steps_failed:
             text += f"\nFAILED (not sent): {', '.join(self._state.steps_failed)}"
         return text
 
     def _stage(self, stage: str) -> None:
+        if self._attention:  # ops filter on it until someone looks: it is not overwritten
+            stage = NEEDS_ATTENTION
+        if stage == self._state.stage:
+            return
         self._state.stage = stage
         workflow.upsert_search_attributes([sa.STAGE.value_set(stage)])

@@ -90,6 +90,9 @@ def render(templates_dir: Path, template: str, context: Mapping[str, Any]) -> Re
     if url is not None and not (isinstance(url, str) and re.match(r"^https?://[^\s<>\"']+$", url)):
         raise ValueError(f"update_payment_url = {url!r}: must be an http(s) URL")
 
+    # `first_notice_at`: when the campaign's first email really went out; unknown means
+    # none is known to have, and no template may claim an earlier notice then
+    context = {"first_notice_at": None, **context}
     env = _environment(str(directory.resolve()))
     subject = " ".join(env.get_template(files["subject"]).render(context).split())
     if not subject:

@@ -68,15 +68,17 @@ def parse_stripe(
     secrets: list[str],
     *,
     tolerance: int = 300,
+    max_skew: float = 300,
     now: datetime | None = None,
 ) -> BillingEvent | Ignored:
     """Verify a Stripe webhook against any of `secrets` and normalize it.
 
     Raises WebhookError: 404 `provider_disabled` when no secret is configured; 400
-    `missing_signature`, `bad_signature`, `stale_timestamp` (signed more than `tolerance`
-    seconds before `now`; `tolerance` 0 turns the check off) or `malformed_body`.
+    `missing_signature`, `bad_signature` (also: signed more than `max_skew` seconds after
+    `now`, which the stripe library does not check), `stale_timestamp` (signed more than
+    `tolerance` seconds before `now`; `tolerance` 0 turns the check off) or `malformed_body`.
     """
-    _verify(body, signature_header, secrets, tolerance, now)
+    _verify(body, signature_header, secrets, tolerance, now, max_skew)
     event = _load(body)
     handler = _HANDLERS.get(event["type"])
     if handler is None:
@@ -85,7 +87,7 @@ def parse_stripe(
 
 
 def _verify(
-    body: bytes, header: str | None, secrets: list[str], tolerance: int, now: datetime | None
+    body: bytes, header: str | None, secrets: list[str], tolerance: int, now: datetime | None, max_skew: float = 300
 ) -> None:
     secrets = [s for s in secrets if s and s.strip()]
     if not secrets:
@@ -104,6 +106,12 @@ def _verify(
         except stripe.SignatureVerificationError:
             continue
         current = (now or datetime.now(UTC)).timestamp()
+        if timestamp > current + max_skew:
+            raise WebhookError(
+                "bad_signature",
+                f"Stripe-Signature timestamp {timestamp} is {timestamp - current:.0f}s in the future; at most "
+                f"{max_skew:g}s of clock skew is accepted",
+            )
         if tolerance and timestamp < current - tolerance:
             raise WebhookError(
                 "stale_timestamp",

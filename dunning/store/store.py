@@ -74,6 +74,8 @@ class EffectClaim:
     state: str  # claimed | sent | stale
     owner: str = ""
     stale: Superseded | None = None
+    sends: int = 0  # SMTP sends already started for this row (an email's earlier, dead attempts)
+    taken_over: bool = False  # the claim was an earlier attempt's, whose result is unknown
 
 
 @dataclass(frozen=True)
@@ -95,10 +97,11 @@ class InboxRow:
     subscription_id: str | None
     occurred_at: datetime
     received_at: datetime
-    status: str  # received | dispatched | ignored
-    reason: str | None
+    status: str  # received | dispatched | ignored | parked
+    reason: str | None  # dispatched: what dispatch did; ignored: why; received/parked: the last failure
     payload: dict[str, Any]
     dispatched_at: datetime | None
+    attempts: int = 0  # dispatches that failed with a non-transient error
 
 
 def _utc(name: str, value: datetime) -> datetime:
@@ -379,6 +382,26 @@ class Store:
             if ledger_type is not None:
                 conn.execute(ledger)
 
+    def delivery_counts(self) -> dict[str, int]:
+        """For /metrics: claims not (yet) confirmed sent, and extra SMTP sends of steps
+        (copies that may have reached a customer twice, always with one Message-ID)."""
+        d = step_deliveries.c
+        query = select(
+            func.count().filter(d.state == "claimed"),
+            func.coalesce(func.sum(d.sends - 1).filter(d.sends > 1), 0),
+        )
+        with self._reader.connect() as conn:
+            unconfirmed, resends = conn.execute(query).one()
+        return {"unconfirmed": int(unconfirmed), "resends": int(resends)}
+
+    def ledger_counts(self, *types: str) -> dict[str, int]:
+        """How many ledger rows of each type (e.g. dunning.action_failed)."""
+        e = dunning_events.c
+        query = select(e.type, func.count()).where(e.type.in_(types)).group_by(e.type)
+        with self._reader.connect() as conn:
+            found = {t: int(n) for t, n in conn.execute(query).all()}
+        return {t: found.get(t, 0) for t in types}
+
     def unconfirmed_deliveries(self) -> list[tuple[str, datetime, str]]:
         """(subscription_id, campaign_started_at, step_key) of claims never marked sent."""
         d = step_deliveries.c
@@ -396,20 +419,35 @@ class Store:
         subscription_id: str | None,
         occurred_at: datetime,
         payload: dict[str, Any],
+        *,
+        customer_email: str | None = None,
+        customer_name: str | None = None,
     ) -> str:
         """Record a verified event once per (provider, event_id). Returns 'new' when this
         call recorded it, else the existing row's status: 'received' (seen, not yet
-        dispatched), 'dispatched' or 'ignored'."""
+        dispatched), 'dispatched', 'ignored' or 'parked'.
+
+        The customer's email and name go into the row's own columns (never `payload`,
+        which reaches Temporal), in the row's transaction: a later dispatch of this row
+        (the sweep, a redelivery) can always reach the customer. A redelivery that carries
+        them fills a row that lacks them."""
+        email = customer_email if customer_email and len(customer_email) <= EMAIL_MAX else None
+        name = customer_name[:NAME_MAX] if customer_name else None
         stmt = self.insert(inbox).values(
             provider=provider, event_id=event_id, event_type=event_type, subscription_id=subscription_id,
             occurred_at=_utc("occurred_at", occurred_at), received_at=_now(), status="received",
-            payload=payload,
+            payload=payload, customer_email=email, customer_name=name,
         ).on_conflict_do_nothing(index_elements=_INBOX_KEY)  # fmt: skip
         i = inbox.c
+        where = (i.provider == provider) & (i.event_id == event_id)
         with self.write() as conn:
             if conn.execute(stmt.returning(i.id)).first() is not None:
                 return "new"
-            return conn.execute(select(i.status).where(i.provider == provider, i.event_id == event_id)).scalar_one()
+            if email is not None or name is not None:
+                filled = {"customer_email": func.coalesce(i.customer_email, email),
+                          "customer_name": func.coalesce(i.customer_name, name)}  # fmt: skip
+                conn.execute(update(inbox).where(where & (i.status == "received")).values(**filled))
+            return conn.execute(select(i.status).where(where)).scalar_one()
 
     def inbox_ignore(
         self,
@@ -453,12 +491,14 @@ class Store:
         return InboxRow(*row) if row else None
 
     def inbox_undispatched(self, older_than: datetime, limit: int = 100) -> list[InboxRow]:
-        """'received' rows received at or before `older_than`, oldest event first."""
+        """'received' rows received at or before `older_than`: rows that never failed first
+        (so rows that keep failing never starve them), then oldest event first. Parked
+        rows are never returned."""
         i = inbox.c
         query = (
             select(*self._inbox_cols())
             .where(i.status == "received", i.received_at <= _utc("older_than", older_than))
-            .order_by(i.occurred_at, i.id)
+            .order_by(i.attempts, i.occurred_at, i.id)
             .limit(limit)
         )
         with self._reader.connect() as conn:
@@ -468,7 +508,7 @@ class Store:
     def _inbox_cols() -> tuple[Any, ...]:
         i = inbox.c
         return (i.provider, i.event_id, i.event_type, i.subscription_id, i.occurred_at, i.received_at, i.status,
-                i.reason, i.payload, i.dispatched_at)  # fmt: skip
+                i.reason, i.payload, i.dispatched_at, i.attempts)  # fmt: skip
 
     # --- projection from billing events -------------------------------------------------
     def apply_projection(
@@ -482,7 +522,8 @@ class Store:
         (`payload["decision"]`) in the same transaction, and a second call for the same
         event returns that stored decision without deciding again: a redelivery or the
         sweep re-dispatches exactly what was decided. The customer's email and name go to
-        the customers table only (not from a stale event)."""
+        the customers table only (not from a stale event): from the event, else from the
+        inbox row's own columns (the sweep's stored event carries none)."""
         if not event.subscription_id:
             raise ValueError(f"event {event.event_id!r} names no subscription")
         sub_id = event.subscription_id
@@ -490,7 +531,11 @@ class Store:
         with self.write() as conn:
             self.lock_subscription(conn, sub_id)
             where_inbox = (i.provider == event.provider) & (i.event_id == event.event_id)
-            stored = conn.execute(select(i.payload).where(where_inbox)).first()
+            stored = conn.execute(select(i.payload, i.customer_email, i.customer_name).where(where_inbox)).first()
+            if stored is not None and (event.customer_email is None or event.customer_name is None):
+                contact = {"customer_email": event.customer_email or stored.customer_email,
+                           "customer_name": event.customer_name or stored.customer_name}  # fmt: skip
+                event = event.model_copy(update=contact)
             if stored is not None and isinstance(stored.payload, dict) and stored.payload.get("decision"):
                 decided = Decision.model_validate(stored.payload["decision"])
                 if decided.action != "stale":  # a redelivery may carry the email the stored event lacks

@@ -1,0 +1,28 @@
+"""Heartbeats while an activity waits on the network or a thread, so a dead worker is
+noticed within the heartbeat timeout (seconds), not the start-to-close timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from temporalio import activity
+
+EVERY = 1.0
+
+
+@contextlib.asynccontextmanager
+async def heartbeating(every: float = EVERY) -> AsyncIterator[None]:
+    async def beat() -> None:
+        while True:
+            activity.heartbeat()
+            await asyncio.sleep(every)
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
