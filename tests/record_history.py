@@ -37,7 +37,10 @@ async def record(tag: str) -> None:
     from tests.temporal_fixtures import running_worker
 
     with tempfile.TemporaryDirectory() as tmp, OutboxSink(Path(tmp) / "outbox", port=0) as sink:
-        settings = load_settings(home=Path(tmp), smtp_port=sink.port, temporal_task_queue="record")
+        settings = load_settings(
+            home=Path(tmp), smtp_port=sink.port, temporal_task_queue="record",
+            outbound_urls=["http://127.0.0.1:9/hooks"], outbound_secret="record",  # events enter the outbox
+        )  # fmt: skip
         store = Store.open(settings.db_url)
         env = await WorkflowEnvironment.start_time_skipping(
             test_server_existing_path=find_binary("temporal-test-server"), data_converter=pydantic_data_converter
@@ -72,8 +75,23 @@ async def record(tag: str) -> None:
             await env.sleep(DAY)
             await dunning.receive(event("sub_hist_signals", EventKind.invoice_voided, t1 + 3 * DAY))
             await sig.result()
+            # an outage: the worker first runs 11 days after the failure (skips, late actions)
+            t2 = await env.get_current_time()
+            fake_state.set_card(store.engine, "sub_hist_late", "decline:insufficient_funds")
+            late_start = await dunning.start_campaign(
+                "sub_hist_late", "cus_h", "h@example.com", t2 - 11 * DAY, decline_class="soft"
+            )
+            await env.sleep(DAY)
+            await dunning.payment_recovered("sub_hist_late", "paid_out_of_band")
+            await late_start.result()
+            # a permanent failure: no email address (needs_attention), then paid
+            t3 = await env.get_current_time()
+            attention = await dunning.start_campaign("sub_hist_attention", "cus_none", None, t3, decline_class="hard")
+            await env.sleep(DAY)
+            await dunning.payment_recovered("sub_hist_attention", "paid_out_of_band")
+            await attention.result()
             runs = [("full_campaign", full), ("recovered_update_day_8", rec), ("superseded_effect", sup),
-                    ("signals_then_voided", sig)]  # fmt: skip
+                    ("signals_then_voided", sig), ("outage_catch_up", late_start), ("needs_attention", attention)]  # fmt: skip
             for name, handle in runs:
                 first = (await handle.fetch_history())
                 (HISTORIES / f"{tag}_{name}.json").write_text(json.dumps(first.to_json_dict(), indent=1))

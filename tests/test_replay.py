@@ -20,6 +20,8 @@ def test_there_are_histories_to_replay():
     assert {
         "v3_full_campaign", "v3_recovered_update_day_8", "v3_superseded_effect", "v3_signals_then_voided",
         "v3_recovered_after_cancel",
+        # the outbox and ledger-skip patches; an outage caught up; a permanent failure
+        "v4_full_campaign", "v4_outage_catch_up", "v4_needs_attention", "v4_recovered_after_cancel",
     } <= names  # fmt: skip
 
 
