@@ -146,27 +146,30 @@ def next_action(
 
 
 # --- catching up after an outage (the worker or Temporal was down past a due time) ------
-# Of several due items of one lane only the latest is performed (`lane_next`); the earlier
-# ones are recorded as skipped with SKIP_SUPERSEDED. So a missed retry day gets one
-# catch-up charge, never several at once, and the entitlement jumps to the rung that holds
-# now. An email performed late must still tell the truth: one that would reach the
-# customer at or after the end of the grace period is skipped (SKIP_DEADLINE_PASSED; the
-# exhaustion follows and the host app is told), and one that would leave less notice than
-# min(one day, the notice the plan gave it) is skipped (SKIP_NOTICE_TOO_SHORT). An email on
-# time is never skipped.
+# A timer that fires late makes the campaign plan again at the time it wakes. Of several
+# due items of one lane only the latest is performed (`lane_next`); the earlier ones are
+# recorded as skipped with SKIP_SUPERSEDED. So a missed retry day gets one catch-up charge,
+# never several at once, and the entitlement jumps to the rung that holds now. An email
+# performed late must still tell the truth about the deadline it names (the end of the
+# grace period): one that would leave the customer less than half of min(one day, the
+# notice the plan gave it) is skipped (SKIP_NOTICE_TOO_SHORT; SKIP_DEADLINE_PASSED once
+# the end has passed); the exhaustion follows and the host app is told. An email on time
+# (or late by less than ON_TIME of a day: timers are never exact) is never skipped.
 SKIP_SUPERSEDED = "superseded_by_later"
 SKIP_DEADLINE_PASSED = "deadline_passed"
 SKIP_NOTICE_TOO_SHORT = "notice_too_short"
+ON_TIME = 0.01  # of a day
 
 
 def skip_reason(due: Due, now: datetime, plan: CampaignPlan, anchor: datetime) -> str | None:
     """Why the due action must not be performed now (None: perform it, maybe late)."""
-    if due.kind != "email" or now <= due.at:
+    day = timedelta(seconds=plan.day_seconds)
+    if due.kind != "email" or now - due.at <= day * ON_TIME:
         return None
     end = boundary(anchor, plan.grace_days, plan.day_seconds)
     if now >= end:
         return SKIP_DEADLINE_PASSED
-    if end - now < min(timedelta(seconds=plan.day_seconds), end - due.at):
+    if end - now < min(day, max(end - due.at, _ZERO)) / 2:
         return SKIP_NOTICE_TOO_SHORT
     return None
 

@@ -133,19 +133,23 @@ def _email(key: str, days: float) -> Due:
     ("key", "due_day", "now_day", "expected"),
     [
         ("final_notice", 12, 12, None),  # on time: never skipped
-        ("final_notice", 12, 12.9, None),  # late, 1.1 days of notice left >= min(1 day, 2 days)
-        ("final_notice", 12, 13.5, journey.SKIP_NOTICE_TOO_SHORT),  # half a day before the cancel
+        ("final_notice", 12, 13.5, None),  # late; half a day left = half of min(1 day, 2 days)
+        ("final_notice", 12, 13.6, journey.SKIP_NOTICE_TOO_SHORT),  # under 12 hours before the cancel
         ("final_notice", 12, 14, journey.SKIP_DEADLINE_PASSED),
         ("reminder", 5, 11, None),  # 3 days left
-        ("first_notice", 0, 13.2, journey.SKIP_NOTICE_TOO_SHORT),
+        ("first_notice", 0, 13.2, None),
+        ("first_notice", 0, 13.7, journey.SKIP_NOTICE_TOO_SHORT),
         ("final_notice", 14, 14, None),  # a step planned at the deadline, on time
+        ("final_notice", 14, 14.001, None),  # ... a timer is never exact
+        ("final_notice", 2, 2.00001, None),  # one day of notice, a few ms late (grace_days 3)
     ],
 )
 def test_an_overdue_email_is_skipped_only_when_it_would_tell_the_customer_too_little_time(
     key, due_day, now_day, expected
 ):
     due = _email(key, due_day)
-    assert journey.skip_reason(due, boundary(A, now_day, 86400), CATCH_PLAN, A) == expected
+    plan = CATCH_PLAN if due_day != 2 else CATCH_PLAN.model_copy(update={"grace_days": 3})
+    assert journey.skip_reason(due, boundary(A, now_day, 86400), plan, A) == expected
 
 
 def test_retries_and_rungs_are_never_skipped_by_the_notice_rule():

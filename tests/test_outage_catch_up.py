@@ -67,9 +67,9 @@ async def test_an_outage_across_retry_days_a_rung_and_emails_is_caught_up_by_rul
 
 async def test_a_final_notice_that_would_leave_too_little_notice_is_skipped(tenv, new_sub, dunning, store, mailbox):
     sub = new_sub("sub_late_final")
-    await _late_campaign(tenv, dunning, store, sub, 13.5 * DAY)
+    await _late_campaign(tenv, dunning, store, sub, 13.6 * DAY)
     await tenv.sleep(DAY / 4)
-    assert mailbox.steps() == []  # no "cancelled on <in 12 hours>" notice
+    assert mailbox.steps() == []  # no "cancelled on <in 10 hours>" notice
     skipped = {e.step_key: e.data["reason"] for e in ledger(store, sub, "dunning.action_skipped")}
     assert skipped["reminder"] == "superseded_by_later"
     assert skipped["final_notice"] == "notice_too_short"

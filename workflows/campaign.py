@@ -62,6 +62,7 @@ NEEDS_ATTENTION = "needs_attention"
 # Changes to the commands a run issues go behind a patch (see tests/test_replay.py).
 PATCH_OUTBOX = "outbox-in-store"  # outbound events are enqueued by the store's transactions
 PATCH_SKIPS = "skips-in-ledger"  # skipped actions are recorded in the ledger
+PATCH_REPLAN = "replan-after-late-wake"  # a timer that fired late (an outage): plan again
 # A host app that is down for long must not hold the campaign: bounded, then recorded.
 OUTBOUND_TIMEOUT = timedelta(seconds=30)
 OUTBOUND_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=2), maximum_attempts=10)
@@ -179,6 +180,11 @@ class DunningCampaign:
                 break
             if self._changed:  # a billing event changed what is due: plan again
                 continue
+            if workflow.now() > due.at and workflow.patched(PATCH_REPLAN):
+                # woke late (worker or Temporal down): more may be due than what we slept for
+                now_due = journey.next_action(plan, anchor, workflow.now(), handled, self._situation)
+                if isinstance(now_due, journey.Due):
+                    due = now_due
             handled.update(due.skipped)
             if due.kind == "email":  # skipped keys come from the due action's own lane
                 self._state.steps_skipped.extend(due.skipped)
