@@ -313,20 +313,27 @@ async def run_with_kills(c: Campaign, kills: list[list[str]]) -> None:
 
     where = f"campaign {c.name!r} ({len(kills)} kill(s))"
     assert state.outcome == "exhausted", (where, state)
-    assert state.steps_sent == STEPS, (where, state)
-    assert not set(STEPS) & set(state.steps_skipped), (where, state)
+    # A killed worker's next workflow task waits out its sticky queue (10 s = 5 short days):
+    # a step that came due meanwhile may be too late to tell the truth (the final notice of
+    # a campaign whose grace period is nearly over). Every step is then sent exactly once,
+    # or skipped by a catch-up rule and recorded in the ledger with the reason; never lost.
+    events = c.store.events(sub)
+    skipped = {e.step_key: e.data["reason"] for e in events if e.type == "dunning.action_skipped"}
+    sent = [k for k in STEPS if k not in skipped]
+    assert state.steps_sent == sent and sent[:2] == STEPS[:2], (where, state, skipped)
+    assert set(state.steps_skipped) == set(skipped) & set(STEPS), (where, state, skipped)
+    assert set(skipped.values()) <= {"superseded_by_later", "notice_too_short", "deadline_passed"}, skipped
     assert state.steps_unconfirmed == [], (where, state)
     msgs = read_outbox(c.sink.directory)
-    assert [m["X-Dunning-Step"] for m in msgs] == STEPS, where
+    assert [m["X-Dunning-Step"] for m in msgs] == sent, where
     assert {m["To"] for m in msgs} == {email}, where
     assert {m["X-Dunning-Subscription"] for m in msgs} == {sub}, where
     ids = [m["Message-ID"].strip() for m in msgs]  # a long id is folded onto its own line
-    assert len(set(ids)) == 3, (where, ids)
-    events = c.store.events(sub)
+    assert len(set(ids)) == len(sent), (where, ids)
     types = [e.type for e in events]
     sent_rows = [e for e in events if e.type == "dunning.step_sent"]
-    assert [e.step_key for e in sent_rows] == STEPS, (
-        f"{where}: one dunning.step_sent ledger row per email step", [(e.type, e.step_key) for e in events]
+    assert [e.step_key for e in sent_rows] == sent, (
+        f"{where}: one dunning.step_sent ledger row per email step sent", [(e.type, e.step_key) for e in events]
     )
     assert sorted(e.data["message_id"] for e in sent_rows) == sorted(ids), where
     assert types.count("dunning.exhausted") == 1, (where, types)
