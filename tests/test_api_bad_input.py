@@ -235,7 +235,10 @@ async def test_payment_recovered_auth_and_idempotence(tenv, api, dunning, settin
         "status": "recovered", "outcome": "recovered", "subscription_id": sub,
     }  # fmt: skip
     state = await dunning.client.get_workflow_handle(f"dunning-{sub}").result()
-    assert state["outcome"] == "recovered" and state["reason"] == "paid_out_of_band"
+    # the reason is the code, or (when an effect's claim saw the projection's payment before
+    # the Update arrived) the effect's own words: either way recovered, by this payment
+    assert state["outcome"] == "recovered"
+    assert state["reason"] in ("paid_out_of_band", "superseded: subscription is active"), state["reason"]
     repeat = await api.post(url, headers=keyed, json={"reason": "paid_out_of_band"})
     assert repeat.status_code == 200  # the same request again: the same answer, nothing new
     assert {k: repeat.json()[k] for k in ("status", "outcome")} == {"status": "recovered", "outcome": "recovered"}

@@ -16,6 +16,7 @@ from aiosmtpd.controller import Controller
 from dunning.email.message import domain_of, message_id_for
 from dunning.email.outbox import OutboxSink, read_outbox
 from dunning.store import campaign_writes
+from tests.api_helpers import api_client, api_settings
 from tests.temporal_fixtures import ledger, running_worker, without_engine_retries
 
 DAY = timedelta(days=1)
@@ -137,6 +138,8 @@ async def test_permanent_smtp_refusal_is_recorded_without_the_address_and_the_ca
     assert "secret.person" not in failed.data["message"] and "<address>" in failed.data["message"]
     assert "secret.person" not in history and "550" in history
     assert store.unconfirmed_deliveries() == []
+    metrics = await _metrics(settings, store)
+    assert metrics["dunning.actions.failed"] == 1 and metrics["dunning.deliveries.unconfirmed"] == 0
 
 
 async def test_a_250_after_the_client_timeout_is_resent_with_the_same_message_id_and_counted(tenv, store, settings):
@@ -156,6 +159,17 @@ async def test_a_250_after_the_client_timeout_is_resent_with_the_same_message_id
     assert len(ids) == 2 and len(set(ids)) == 1  # delivered twice (the server kept the first), one Message-ID
     (sent,) = ledger(store, "sub_slow", "dunning.step_sent")
     assert sent.data["sends"] == 2 and sent.data["message_id"] == ids[0]
+    assert (await _metrics(settings, store))["dunning.email.resends"] == 1  # the extra copy is counted
+
+
+async def _metrics(settings, store) -> dict:
+    async def no_temporal():  # /metrics reads the store only
+        raise AssertionError("/metrics must not need Temporal")
+
+    async with api_client(api_settings(settings), store, no_temporal) as api:
+        response = await api.get("/metrics")
+    assert response.status_code == 200
+    return response.json()
 
 
 async def test_a_template_error_is_a_state_not_an_endless_retry(tenv, store, settings, tmp_path):
