@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 
 from temporalio.service import RPCError, RPCStatusCode
 
+from dunning import rollout
 from dunning.contracts import BillingEvent
 from dunning.projection import PAST_DUE, Decision, decide
 from dunning.scrub import scrub
@@ -154,6 +155,8 @@ async def _send(store: Store, client: DunningClient, event: BillingEvent, decisi
         return "nothing"
     if action in ("start", "update") and not client.settings.campaign.enabled:
         return "campaign_disabled"
+    if action == "start" and rollout.mode_for(client.settings.rollout, sub_id, decision.customer_id) == "off":
+        return "rollout_off"  # outside the rollout's slice: the engine starts no campaign
     if action == "start":
         current = await asyncio.to_thread(store.get_subscription, sub_id)
         if current is None or current.status != PAST_DUE or current.dunning_campaign_started_at != decision.anchor:
