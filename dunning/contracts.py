@@ -189,7 +189,8 @@ class OutboundEvent(BaseModel):
     """What host apps receive (signed): ids and bounded values only."""
 
     type: Literal[
-        "campaign_started", "consequence_changed", "recovered", "resolved", "exhausted", "recovered_after_cancel"
+        "campaign_started", "consequence_changed", "recovered", "resolved", "exhausted", "recovered_after_cancel",
+        "bad_debt_exited",
     ]
     subscription_id: str
     customer_id: str

@@ -6,12 +6,14 @@
     POST /v1/subscriptions/{id}/payment-recovered   Bearer DUNNING_API_TOKEN; {"reason": CODE}
                                                     (dunning.reasons); Idempotency-Key header
                                                     (a repeat answers the same)
+    POST /v1/subscriptions/{id}/pay-bad-debt        Bearer DUNNING_API_TOKEN; Idempotency-Key header
+                                                    (required); {"reason": CODE} (starter.bad_debt)
     GET  /v1/subscriptions/{id}/campaign            Bearer DUNNING_API_TOKEN
     GET  /healthz   the process is up
     GET  /readyz    database and Temporal reachable (503 naming which is not)
     GET  /metrics   webhook counts by provider, outcome and reason; inbox rows pending and
                     parked; unconfirmed deliveries, email resends, failed and skipped
-                    actions; outbox pending and delivered (JSON)
+                    actions; outbox pending and delivered; bad debt entered and exited (JSON)
 
 Temporal is reached lazily through `client_factory` (see starter.temporal_gate), so the
 API starts and answers while Temporal is down. A background sweep re-dispatches inbox
@@ -40,6 +42,7 @@ from dunning.store.entitlements import entitlement_of, requires_attention
 from dunning.store.store import Store
 from starter.api_metrics import WebhookCounter
 from starter.api_requests import MAX_ID, authorize, check_id, database_down, error, reason_code
+from starter.bad_debt import pay_bad_debt
 from starter.client import DunningClient, EventParked, UnknownSubscription
 from starter.dispatch import DEFAULT_TIMEOUT, redispatch_pending
 from starter.temporal_gate import TemporalGate, TemporalUnavailable, describe_unavailable, is_unavailable
@@ -157,6 +160,20 @@ def create_app(
 
         return await _with_temporal(gate, subscription_id, call, dispatch_timeout)
 
+    @app.post("/v1/subscriptions/{subscription_id}/pay-bad-debt")
+    async def pay_bad_debt_route(subscription_id: str, request: Request) -> JSONResponse:
+        refused = authorize(request, settings) or check_id(subscription_id)
+        if refused is not None:
+            return refused
+        reason = await reason_code(request)
+        if isinstance(reason, JSONResponse):
+            return reason
+        key = request.headers.get("idempotency-key")
+        if key is None:
+            return error(400, "missing_idempotency_key", "pay-bad-debt needs an Idempotency-Key header")
+        answer = await asyncio.to_thread(pay_bad_debt, settings, store, subscription_id, key, reason)
+        return JSONResponse(answer.body, status_code=answer.status)
+
     @app.get("/v1/subscriptions/{subscription_id}/campaign")
     async def campaign(subscription_id: str, request: Request) -> JSONResponse:
         refused = authorize(request, settings) or check_id(subscription_id)
@@ -239,6 +256,7 @@ def create_app(
         actions = await asyncio.to_thread(store.ledger_counts, "dunning.action_failed", "dunning.action_skipped")
         inbox = await asyncio.to_thread(inbox_parking.counts, store)
         outbound = await asyncio.to_thread(outbox.outbox_counts, store)
+        bad_debt = await asyncio.to_thread(store.ledger_counts, "bad_debt.entered", "bad_debt.exited")
         return {
             "dunning.webhooks": counter.snapshot(),
             "dunning.inbox.pending": inbox["pending"],
@@ -250,6 +268,8 @@ def create_app(
             "dunning.actions.skipped": actions["dunning.action_skipped"],
             "dunning.outbox.pending": outbound["pending"],
             "dunning.outbox.delivered": outbound["delivered"],
+            "dunning.bad_debt.entered": bad_debt["bad_debt.entered"],
+            "dunning.bad_debt.exited": bad_debt["bad_debt.exited"],
         }
 
     return app

@@ -326,6 +326,15 @@ def outbound_list(
         typer.echo(f"{r.status:9}  {r.event_id}  attempts={r.attempts}  {when}")
 
 
+def _bad_debt_app() -> typer.Typer:
+    from starter.cli_bad_debt import bad_debt_app
+
+    return bad_debt_app
+
+
+app.add_typer(_bad_debt_app(), name="bad-debt")
+
+
 def main() -> None:  # pragma: no cover
     app(prog_name="dunning")
 
