@@ -27,7 +27,8 @@ def _simulate_app() -> typer.Typer:
     def _load(ctx: typer.Context) -> None:
         from starter.dev import with_dev_secrets
 
-        ctx.obj = with_dev_secrets(settings_or_exit())
+        if ctx.obj is None:  # a caller (a test, an embedding app) may pass its own settings
+            ctx.obj = with_dev_secrets(settings_or_exit())
 
     @simulate_app.command("set-card")
     def set_card(
