@@ -35,3 +35,10 @@ def first_problem(fields: Iterable[tuple[str, str | None, int]]) -> str | None:
         if found:
             return f"{name} {found}"
     return None
+
+
+def key_problem(key: str) -> str | None:
+    """What is wrong with an Idempotency-Key (None when it is fine)."""
+    if not (0 < len(key) <= MAX_ID and key.isprintable()):
+        return f"Idempotency-Key must be 1 to {MAX_ID} printable characters"
+    return None

@@ -41,7 +41,7 @@ from dunning.store import availability, inbox_parking, outbox
 from dunning.store.entitlements import entitlement_of, requires_attention
 from dunning.store.store import Store
 from starter.api_metrics import WebhookCounter
-from starter.api_requests import MAX_ID, authorize, check_id, database_down, error, reason_code
+from starter.api_requests import authorize, check_id, database_down, error, payment_service
 from starter.bad_debt import pay_bad_debt
 from starter.client import DunningClient, EventParked, UnknownSubscription
 from starter.dispatch import DEFAULT_TIMEOUT, redispatch_pending
@@ -140,16 +140,10 @@ def create_app(
     # --- payment service -------------------------------------------------------------
     @app.post("/v1/subscriptions/{subscription_id}/payment-recovered")
     async def payment_recovered(subscription_id: str, request: Request) -> JSONResponse:
-        refused = authorize(request, settings) or check_id(subscription_id)
-        if refused is not None:
-            return refused
-        reason = await reason_code(request)
-        if isinstance(reason, JSONResponse):
-            return reason
-
-        key = request.headers.get("idempotency-key")
-        if key is not None and not (0 < len(key) <= MAX_ID and key.isprintable()):
-            return error(400, "bad_request", f"Idempotency-Key must be 1 to {MAX_ID} printable characters")
+        checked = await payment_service(request, settings, subscription_id, key_required=False)
+        if isinstance(checked, JSONResponse):
+            return checked
+        reason, key = checked
 
         async def call(client: DunningClient) -> JSONResponse:
             try:
@@ -162,15 +156,11 @@ def create_app(
 
     @app.post("/v1/subscriptions/{subscription_id}/pay-bad-debt")
     async def pay_bad_debt_route(subscription_id: str, request: Request) -> JSONResponse:
-        refused = authorize(request, settings) or check_id(subscription_id)
-        if refused is not None:
-            return refused
-        reason = await reason_code(request)
-        if isinstance(reason, JSONResponse):
-            return reason
-        key = request.headers.get("idempotency-key")
-        if key is None:
-            return error(400, "missing_idempotency_key", "pay-bad-debt needs an Idempotency-Key header")
+        checked = await payment_service(request, settings, subscription_id, key_required=True)
+        if isinstance(checked, JSONResponse):
+            return checked
+        reason, key = checked
+        assert key is not None  # required above
         answer = await asyncio.to_thread(pay_bad_debt, settings, store, subscription_id, key, reason)
         return JSONResponse(answer.body, status_code=answer.status)
 

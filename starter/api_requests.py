@@ -82,3 +82,24 @@ async def reason_code(request: Request) -> str | JSONResponse:
         return reasons.check(reason)
     except ValueError as err:  # the message lists the codes and never repeats the text
         return error(400, "unknown_reason", str(err))
+
+
+async def payment_service(
+    request: Request, settings: Settings, subscription_id: str, *, key_required: bool
+) -> JSONResponse | tuple[str, str | None]:
+    """The checks every payment-service route makes, in order: bearer token, the path's
+    subscription id, the body's reason code, the Idempotency-Key header. Returns the
+    refusal, or (reason, key)."""
+    refused = authorize(request, settings) or check_id(subscription_id)
+    if refused is not None:
+        return refused
+    reason = await reason_code(request)
+    if isinstance(reason, JSONResponse):
+        return reason
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        if key_required:
+            return error(400, "missing_idempotency_key", f"{request.url.path} needs an Idempotency-Key header")
+        return reason, None
+    bad = text.key_problem(key)
+    return error(400, "bad_request", bad) if bad else (reason, key)

@@ -66,8 +66,9 @@ def pay_bad_debt(
     bad = text.problem(subscription_id, text.MAX_ID) if subscription_id else "must not be empty"
     if bad:
         return _refused(400, "bad_request", f"subscription id {bad}")
-    if not (0 < len(idempotency_key) <= text.MAX_ID and idempotency_key.isprintable()):
-        return _refused(400, "bad_request", f"Idempotency-Key must be 1 to {text.MAX_ID} printable characters")
+    bad_key = text.key_problem(idempotency_key)
+    if bad_key:
+        return _refused(400, "bad_request", bad_key)
     try:
         code = reasons.check(reason)
     except ValueError as err:
