@@ -21,6 +21,7 @@ from pydantic_settings import (
 
 from dunning.consequences import first_match
 from dunning.contracts import DECLINE_CLASSES, CampaignPlan, ConsequenceRule, RetryPolicy, StepSpec
+from dunning.recompute_settings import RecomputeSettings
 from dunning.rollout import RolloutSettings
 
 BUILTIN_TEMPLATES = Path(__file__).parent / "email" / "templates"
@@ -211,6 +212,7 @@ class Settings(BaseSettings):
     day_seconds: float = Field(default=86400, gt=0)
     campaign: CampaignSettings = Field(default_factory=CampaignSettings)
     rollout: RolloutSettings = Field(default_factory=RolloutSettings)  # the staged-rollout gate
+    recompute: RecomputeSettings = Field(default_factory=RecomputeSettings)  # recompute and the drift sweep
 
     ui_port: int = Field(default=8233, ge=1, le=65535)  # `dunning dev` only
     api_host: str = "127.0.0.1"

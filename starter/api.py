@@ -8,12 +8,17 @@
                                                     (a repeat answers the same)
     POST /v1/subscriptions/{id}/pay-bad-debt        Bearer DUNNING_API_TOKEN; Idempotency-Key header
                                                     (required); {"reason": CODE} (starter.bad_debt)
+    POST /v1/subscriptions/{id}/recompute           Bearer DUNNING_API_TOKEN; ?dry_run=true changes
+                                                    nothing; Idempotency-Key header (optional: a
+                                                    repeat answers the first result); the report:
+                                                    each store's word, desired state, actions
     GET  /v1/subscriptions/{id}/campaign            Bearer DUNNING_API_TOKEN
     GET  /healthz   the process is up
     GET  /readyz    database and Temporal reachable (503 naming which is not)
     GET  /metrics   webhook counts by provider, outcome and reason; inbox rows pending and
                     parked; unconfirmed deliveries, email resends, failed and skipped
-                    actions; outbox pending and delivered; bad debt entered and exited (JSON)
+                    actions; outbox pending and delivered; bad debt entered and exited and
+                    its breakdown; stuck work; drift by field and source (JSON)
 
 Temporal is reached lazily through `client_factory` (see starter.temporal_gate), so the
 API starts and answers while Temporal is down. A background sweep re-dispatches inbox
@@ -28,19 +33,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
 
+from dunning import text
 from dunning.config import Settings
-from dunning.store import availability, inbox_parking, outbox
+from dunning.store import availability, inbox_parking, outbox, recompute_writes
 from dunning.store.entitlements import entitlement_of, requires_attention
 from dunning.store.store import Store
-from starter.api_metrics import WebhookCounter
+from starter import recompute
+from starter.api_metrics import WebhookCounter, store_gauges
 from starter.api_requests import authorize, check_id, database_down, error, payment_service
 from starter.bad_debt import pay_bad_debt
 from starter.client import DunningClient, EventParked, UnknownSubscription
@@ -164,6 +172,33 @@ def create_app(
         answer = await asyncio.to_thread(pay_bad_debt, settings, store, subscription_id, key, reason)
         return JSONResponse(answer.body, status_code=answer.status)
 
+    @app.post("/v1/subscriptions/{subscription_id}/recompute")
+    async def recompute_route(subscription_id: str, request: Request, dry_run: bool = False) -> JSONResponse:
+        refused = authorize(request, settings) or check_id(subscription_id)
+        if refused is not None:
+            return refused
+        key = request.headers.get("idempotency-key")
+        bad = text.key_problem(key) if key is not None else None
+        if bad:
+            return error(400, "bad_request", bad)
+
+        async def call(client: DunningClient) -> JSONResponse:
+            try:
+                if dry_run:
+                    report = await recompute.dry_run(store, client, subscription_id)
+                    return JSONResponse(report.model_dump(mode="json"))
+                status, found, first = await recompute.request(store, client, subscription_id, key or uuid.uuid4().hex)
+            except recompute.UnknownSubscription as err:
+                return error(404, "unknown_subscription", str(err))
+            except recompute_writes.Changed as err:
+                return error(409, "changed_concurrently", str(err))
+            if found is None:  # a repeated key (or a parked row): the first result, nothing done again
+                body = {"subscription_id": subscription_id, "status": status, "result": first, "duplicate": True}
+                return JSONResponse(body)
+            return JSONResponse(found.model_dump(mode="json"))
+
+        return await _with_temporal(gate, subscription_id, call, dispatch_timeout)
+
     @app.get("/v1/subscriptions/{subscription_id}/campaign")
     async def campaign(subscription_id: str, request: Request) -> JSONResponse:
         refused = authorize(request, settings) or check_id(subscription_id)
@@ -247,6 +282,7 @@ def create_app(
         inbox = await asyncio.to_thread(inbox_parking.counts, store)
         outbound = await asyncio.to_thread(outbox.outbox_counts, store)
         bad_debt = await asyncio.to_thread(store.ledger_counts, "bad_debt.entered", "bad_debt.exited")
+        gauges = await asyncio.to_thread(store_gauges, store, settings, datetime.now(UTC))
         return {
             "dunning.webhooks": counter.snapshot(),
             "dunning.inbox.pending": inbox["pending"],
@@ -260,6 +296,7 @@ def create_app(
             "dunning.outbox.delivered": outbound["delivered"],
             "dunning.bad_debt.entered": bad_debt["bad_debt.entered"],
             "dunning.bad_debt.exited": bad_debt["bad_debt.exited"],
+            **gauges,  # stuck work, drift by field and source, the bad-debt breakdown
         }
 
     return app

@@ -285,6 +285,15 @@ def print_state(state, as_json: bool) -> None:
         typer.echo(f"next           {state.next_step.key} at {state.next_step.at.isoformat()}")
 
 
+def _recompute() -> None:
+    from starter.cli_recompute import recompute_command
+
+    app.command("recompute")(recompute_command)
+
+
+_recompute()
+
+
 def _inbox_app() -> typer.Typer:
     from starter.cli_inbox import inbox_app
 

@@ -19,6 +19,8 @@ the sweep. Every step is safe to repeat.
     late_payment  update-with-start of a run that records `recovered_after_cancel` for the
                   exhausted campaign's identity
     none / stale  nothing to send
+    recompute     a `recompute_requested` or `drift_detected` event: starter.recompute
+                  reads every store and applies the minimal diff (its report is the result)
 
 A dispatch that fails for a reason waiting will not fix (not Temporal or the database
 unreachable, not a busy campaign) is counted on the inbox row; at `inbox_park_after`
@@ -34,12 +36,12 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from temporalio.service import RPCError, RPCStatusCode
 
 from dunning import rollout
-from dunning.contracts import BillingEvent
+from dunning.contracts import BillingEvent, EventKind
 from dunning.projection import PAST_DUE, Decision, decide
 from dunning.scrub import scrub
 from dunning.store import availability, inbox_parking
@@ -54,6 +56,7 @@ log = logging.getLogger("dunning.dispatch")
 DEFAULT_TIMEOUT = 10.0
 # Temporal answers that mean "not now" rather than "never" (besides temporal_gate's unavailable)
 _RPC_WAITS = frozenset({RPCStatusCode.RESOURCE_EXHAUSTED, RPCStatusCode.ABORTED, RPCStatusCode.CANCELLED})
+RECOMPUTE_KINDS = frozenset({EventKind.recompute_requested, EventKind.drift_detected})
 
 
 class CampaignBusy(Exception):
@@ -68,6 +71,7 @@ class Received:
     status: str  # processed | duplicate | parked
     action: str  # the projection's action ('' for a duplicate or a parked row)
     result: str  # what dispatch did (duplicate: what it did the first time; parked: why it is)
+    detail: Any = None  # a recompute event's full report (starter.recompute.Report)
 
 
 def is_transient(err: BaseException) -> bool:
@@ -126,6 +130,9 @@ async def receive_event(
     # 'new', or 'received' (a redelivery, or a concurrent delivery of the same event): the
     # projection is decided once; a repeat gets the stored decision and dispatches it again.
     try:
+        if event.kind in RECOMPUTE_KINDS:  # recompute decides from every store, not the projection alone
+            report = await _recompute(store, await get_client(), event)
+            return Received("processed", event.kind.value if event.kind else "", report.summary, report)
         decision = await asyncio.to_thread(store.apply_projection, event, decide)
         if decision.action in ("none", "stale"):
             await asyncio.to_thread(store.inbox_mark_dispatched, event.provider, event.event_id, "nothing")
@@ -137,18 +144,26 @@ async def receive_event(
     return Received("processed", decision.action, result)
 
 
+async def _recompute(store: Store, client: DunningClient, event: BillingEvent) -> Any:
+    from starter import recompute
+
+    report = await recompute.handle(store, client, event)
+    await asyncio.to_thread(store.inbox_mark_dispatched, event.provider, event.event_id, report.summary)
+    return report
+
+
 async def dispatch(
     store: Store, client: DunningClient, event: BillingEvent, decision: Decision, *, timeout: float = DEFAULT_TIMEOUT
 ) -> str:
     """Send the decided action to Temporal, then mark the inbox row dispatched with what
     happened. Raises CampaignBusy, or the Temporal error (see
     `starter.temporal_gate.is_unavailable`); the row then stays undispatched."""
-    result = await asyncio.wait_for(_send(store, client, event, decision), timeout)
+    result = await asyncio.wait_for(send_decision(store, client, event, decision), timeout)
     await asyncio.to_thread(store.inbox_mark_dispatched, event.provider, event.event_id, result)
     return result
 
 
-async def _send(store: Store, client: DunningClient, event: BillingEvent, decision: Decision) -> str:
+async def send_decision(store: Store, client: DunningClient, event: BillingEvent, decision: Decision) -> str:
     sub_id = decision.subscription_id
     action = decision.action
     if action in ("none", "stale"):
@@ -209,6 +224,10 @@ async def redispatch_pending(
             event = stored_event(row)
             if event is None:
                 raise ValueError("the inbox row has no stored event")
+            if event.kind in RECOMPUTE_KINDS:
+                await _recompute(store, client, event)
+                done += 1
+                continue
             decision = await asyncio.to_thread(store.apply_projection, event, decide)  # stored decision if any
             await dispatch(store, client, event, decision, timeout=timeout)
         except CampaignBusy as err:

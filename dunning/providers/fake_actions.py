@@ -7,6 +7,10 @@
     cancel_subscription  'canceled' (again 'canceled' when already cancelled)
     mark_unpaid          'unpaid'
 
+The fake provider's account (dunning.providers.fake_account) follows, in the same
+transaction, as a real provider's would: a successful charge pays the open invoice,
+cancel cancels, mark_unpaid marks the invoice uncollectible.
+
 Every call is recorded in `fake_provider_calls`; a repeated idempotency key returns the
 first call's result and records nothing new. `reference` is ``fake_<action>_<call id>``.
 """
@@ -19,7 +23,7 @@ from datetime import UTC, datetime
 from sqlalchemy import Connection, Engine
 
 from dunning.declines import classify
-from dunning.providers import fake_state
+from dunning.providers import fake_account, fake_state
 from dunning.providers.actions import ChargeResult
 
 PROVIDER = "fake"
@@ -44,6 +48,7 @@ class FakeProvider:
         def decide(conn: Connection) -> str:
             card = fake_state.read_card(conn, subscription_id)
             if card == fake_state.SUCCEED:
+                fake_account.paid(conn, subscription_id, self.clock())  # the provider's own word changes too
                 return "succeeded"
             if card is not None:
                 return "declined:" + card.removeprefix("decline:")
@@ -60,13 +65,25 @@ class FakeProvider:
         return charge_result(call)
 
     def cancel_subscription(self, subscription_id: str, idempotency_key: str) -> str:
-        call = fake_state.record_call(
-            self.engine, subscription_id, "cancel", idempotency_key, "canceled", now=self.clock()
-        )
+        call = fake_state.call_once(
+            self.engine, subscription_id, "cancel", idempotency_key,
+            self._account(subscription_id, "canceled", status="canceled"), now=self.clock(),
+        )  # fmt: skip
         return call.result
 
     def mark_unpaid(self, subscription_id: str, invoice_id: str | None, idempotency_key: str) -> str:
-        call = fake_state.record_call(
-            self.engine, subscription_id, "mark_unpaid", idempotency_key, "unpaid", now=self.clock()
-        )
+        call = fake_state.call_once(
+            self.engine, subscription_id, "mark_unpaid", idempotency_key,
+            self._account(subscription_id, "unpaid", status="unpaid", invoice_state="uncollectible"), now=self.clock(),
+        )  # fmt: skip
         return call.result
+
+    def _account(self, subscription_id: str, result: str, **changes: str) -> Callable[[Connection], str]:
+        """Record `result`, changing the fake account (when the fake provider knows it)."""
+
+        def decide(conn: Connection) -> str:
+            if fake_account.read(conn, subscription_id) is not None:
+                fake_account.write(conn, subscription_id, self.clock(), **changes)
+            return result
+
+        return decide
