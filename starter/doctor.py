@@ -4,6 +4,7 @@
     ok    database     reachable (postgresql+psycopg://app@db/dunning)
     FAIL  temporal     cannot reach 127.0.0.1:7233: ...
     WARN  stripe       ... two sets of emails ...
+    WARN  stuck        1 payment started over 30m ago with no recorded result (...): sub_1 retry@3d ...
 
 Returns the exit code: 0 when nothing failed (warnings allowed), 1 otherwise. The
 Settings passed in were already validated (a bad config never gets this far; the caller
@@ -13,8 +14,8 @@ prints its ConfigError and exits 2).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from datetime import timedelta
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.engine import make_url
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
@@ -22,8 +23,10 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from dunning.config import Settings
 from dunning.store.store import Store
+from dunning.store.stuck import stuck
 from worker.app import connect
 
+STUCK_SHOWN = 10  # ids listed per kind of stuck work; the count is always exact
 STRIPE_EMAILS_SETTING = (
     'Stripe Dashboard > Settings > Billing > Subscriptions and emails > "Send emails when card payments fail"'
 )
@@ -82,6 +85,8 @@ def doctor(settings: Settings, *, timeout: float = 5.0, say: Callable[[str], Non
         report("FAIL", "database", f"cannot reach {shown_url}: {type(err).__name__}: {_first_line(err)}")
     else:
         report("ok", "database", f"reachable ({shown_url})")
+        for level, message in stuck_report(settings):  # only a reachable database is asked
+            report(level, "stuck", message)
 
     problem = asyncio.run(_temporal_problem(settings, timeout))
     where = f"{settings.temporal_address} (namespace {settings.temporal_namespace})"
@@ -94,6 +99,53 @@ def doctor(settings: Settings, *, timeout: float = 5.0, say: Callable[[str], Non
     if warning:
         report("WARN", "stripe", warning)
     return 1 if failed else 0
+
+
+def stuck_report(settings: Settings, now: datetime | None = None) -> list[tuple[str, str]]:
+    """(level, message) lines of the stuck check: WARN per kind of stuck work (ids only),
+    one ok line when nothing is stuck. Never FAIL: a database error is a WARN here (its
+    reachability is the database check's)."""
+    window = settings.recompute.in_flight_window
+    span = f"{window.total_seconds() / 60:g}m"
+    try:
+        store = Store(settings.db_url)
+        try:
+            found = stuck(store, window, now or datetime.now(UTC), limit=STUCK_SHOWN)
+        finally:
+            store.dispose()
+    except Exception as err:
+        return [("WARN", f"cannot check: {type(err).__name__}: {_first_line(err)} (is the schema migrated?)")]
+    if not found.any:
+        return [("ok", f"nothing stuck: no payment or step unconfirmed for over {span}, no parked event")]
+    lines = []
+    if found.payments_in_flight:
+        shown = [f"{p.subscription_id} {_payment(p.source, p.key)} since {p.since.isoformat()}" for p in found.payments]
+        lines.append(("WARN", f"{_n(found.payments_in_flight, 'payment')} started over {span} ago with no recorded "
+                      f"result (charged or not: check the provider): {_listed(shown, found.payments_in_flight)}"))  # fmt: skip
+    if found.unconfirmed_steps:
+        shown = [f"{s.subscription_id} {s.step_key} since {s.since.isoformat()}" for s in found.steps]
+        lines.append(("WARN", f"{_n(found.unconfirmed_steps, 'step')} claimed over {span} ago, never confirmed "
+                      f"(`dunning campaign status SUB`): {_listed(shown, found.unconfirmed_steps)}"))  # fmt: skip
+    if found.parked_events:
+        shown = [f"{e.provider}/{e.event_id} ({e.subscription_id or 'no subscription'})" for e in found.parked]
+        lines.append(("WARN", f"{_n(found.parked_events, 'parked event')} (`dunning inbox parked`, "
+                      f"`dunning inbox retry PROVIDER EVENT_ID`): {_listed(shown, found.parked_events)}"))  # fmt: skip
+    return lines
+
+
+def _payment(source: str, key: str) -> str:
+    if source == "provider":
+        return "processing at the provider"
+    return key if source == "retry" else f"pay-bad-debt {key}"
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _listed(shown: Sequence[str], total: int) -> str:
+    more = total - len(shown)
+    return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
 
 
 async def _temporal_problem(settings: Settings, timeout: float) -> str | None:
