@@ -19,6 +19,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.attempt import attempt_token
 from activities.heartbeat import heartbeating
+from dunning import rollout
 from dunning.config import Settings
 from dunning.contracts import (
     CampaignEnd,
@@ -26,6 +27,8 @@ from dunning.contracts import (
     CampaignPlan,
     EffectOutcome,
     EntitlementChange,
+    ShadowAction,
+    ShadowOutcome,
     SkippedActions,
     StepOutcome,
     StepRequest,
@@ -35,7 +38,7 @@ from dunning.email.message import build_message, domain_of, message_id_for
 from dunning.email.render import render
 from dunning.email.sender import SmtpError, send_message
 from dunning.scrub import scrub
-from dunning.store import campaign_writes
+from dunning.store import campaign_writes, shadow
 from dunning.store.store import Customer, Store
 
 # extra SMTP sends of one step (same Message-ID) after an attempt whose result was unknown
@@ -66,9 +69,14 @@ class CampaignActivities:
         """Open the ledger and fix the plan into history. The projection (status, anchor)
         was written by the billing event that started the campaign, not here."""
 
+        # the rollout gate is read here, once: its answer is in the history with the plan, so
+        # changing the gate never changes a running campaign. Out of the slice by now (the
+        # gate was narrowed after dispatch started it): shadow, never live.
+        gate = rollout.mode_for(self.settings.rollout, inp.subscription_id, inp.customer_id)
+        mode = "live" if gate == "live" else "shadow"
         outbound = bool(self.settings.outbound_urls)
-        await asyncio.to_thread(campaign_writes.begin_campaign, self.store, inp, at, outbound)
-        return self.settings.plan(inp.provider)
+        await asyncio.to_thread(campaign_writes.begin_campaign, self.store, inp, at, outbound, mode == "shadow")
+        return self.settings.plan(inp.provider).model_copy(update={"mode": mode})
 
     @activity.defn(name="send_step_email")
     async def send_step_email(self, req: StepRequest) -> StepOutcome:
@@ -192,11 +200,23 @@ class CampaignActivities:
     @activity.defn(name="finish_campaign")
     async def finish_campaign(self, end: CampaignEnd) -> str:
         """The campaign's end in one idempotent transaction; returns the entitlement it leaves."""
+        if end.shadow:
+            _, level = await asyncio.to_thread(shadow.finish, self.store, end)
+            return level
         outbound = bool(self.settings.outbound_urls)
         _, level = await asyncio.to_thread(
             campaign_writes.finish_campaign, self.store, end, self.settings.day_seconds, outbound
         )
         return level
+
+    @activity.defn(name="record_shadow_action")
+    async def record_shadow_action(self, act: ShadowAction) -> ShadowOutcome:
+        """A shadow campaign's action: recorded (while the campaign is still the
+        subscription's), never performed."""
+        stale = await asyncio.to_thread(shadow.record_action, self.store, act)
+        if stale is not None:
+            return ShadowOutcome(status="superseded", superseded=stale)
+        return ShadowOutcome(status="recorded")
 
     @activity.defn(name="record_skipped")
     async def record_skipped(self, skipped: SkippedActions) -> None:
@@ -206,5 +226,5 @@ class CampaignActivities:
     def all(self) -> list:
         return [
             self.begin_campaign, self.send_step_email, self.change_entitlement, self.finish_campaign,
-            self.record_skipped,
+            self.record_skipped, self.record_shadow_action,
         ]  # fmt: skip

@@ -61,6 +61,9 @@ class CampaignPlan(BaseModel):
     ladder: list[ConsequenceRule] = Field(default_factory=list)
     on_exhaustion: Literal["cancel", "mark_unpaid", "none"] = "none"
     outbound: bool = False  # a receiver is configured: emit outbound events
+    # the rollout gate, read once when the campaign begins (dunning.rollout): a shadow
+    # campaign records what it would do (dunning.shadow_action) and does none of it
+    mode: Literal["live", "shadow"] = "live"
 
 
 class CampaignInput(BaseModel):
@@ -242,6 +245,25 @@ class CampaignEnd(BaseModel):
     on_exhaustion: Literal["cancel", "mark_unpaid", "none"] = "none"
     decline_class: str | None = None
     plan_id: str | None = None
+    shadow: bool = False  # a shadow campaign's end: recorded, nothing restricted or entered
+
+
+class ShadowAction(BaseModel):
+    """What a shadow campaign would have done now (dunning.shadow_action): ids and words."""
+
+    subscription_id: str
+    customer_id: str
+    campaign_started_at: datetime
+    key: str  # the journey's key (first_notice, retry@..., consequence key, exhausted)
+    action: Literal["email", "charge", "consequence", "cancel", "mark_unpaid", "none"]
+    detail: str = ""  # the template, the entitlement level
+    at: datetime
+    scheduled_at: datetime | None = None
+
+
+class ShadowOutcome(BaseModel):
+    status: Literal["recorded", "superseded"]
+    superseded: Superseded | None = None
 
 
 class Resolution(BaseModel):

@@ -11,6 +11,14 @@ bucket (the first 8 bytes of SHA-256 of the subscription id, modulo 10 000) is b
 percentage grows (individual → 5 → 10 → 25 → 50 → 100) and never flips back and forth.
 In the slice the campaign runs in `mode`; outside it, `off` (no campaign: the system the
 engine replaces keeps those subscriptions).
+
+    live    the campaign emails, charges, restricts and cancels
+    shadow  the campaign runs its whole timeline and records each action it would have
+            taken (`dunning.shadow_action`) without doing any of it; `dunning rollout
+            report` compares those decisions with what the provider later saw
+
+The dispatcher reads the gate to decide whether to start a campaign at all; the campaign
+reads it once, in its first activity, to fix live or shadow into its history.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ from __future__ import annotations
 import hashlib
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field
 
 Mode = Literal["off", "shadow", "live"]
 BUCKETS = 10_000
@@ -30,15 +38,6 @@ class RolloutSettings(BaseModel):
     mode: Mode = "live"
     percent: float = Field(default=100, ge=0, le=100)
     allow: list[str] = Field(default_factory=list, max_length=10_000)
-
-    @field_validator("mode")
-    @classmethod
-    def _shadow_not_yet(cls, mode: str) -> str:
-        # A shadow campaign must record what it would do without doing it; until the
-        # workflow does that, accepting "shadow" would run live campaigns: refused.
-        if mode == "shadow":
-            raise ValueError("'shadow' is not available yet (it would act live); use 'off' or 'live'")
-        return mode
 
 
 def bucket(subscription_id: str) -> int:

@@ -49,9 +49,8 @@ def test_a_bad_gate_is_refused_at_boot_naming_the_key(monkeypatch, tmp_path):
     config.write_text("[rollout]\npercent = 150\n")
     with pytest.raises(ConfigError, match="rollout.percent"):
         load_settings()
-    config.write_text('[rollout]\nmode = "shadow"\n')  # it would act live until shadow exists
-    with pytest.raises(ConfigError, match="shadow.*not available yet"):
-        load_settings()
+    config.write_text('[rollout]\nmode = "shadow"\npercent = 5\n')  # shadow campaigns exist now
+    assert load_settings().rollout == RolloutSettings(mode="shadow", percent=5)
 
 
 @pytest.fixture

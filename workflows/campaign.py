@@ -43,6 +43,7 @@ with workflow.unsafe.imports_passed_through():
         Resolution,
         RetryRecord,
         RetryRequest,
+        ShadowAction,
         SkippedActions,
         StepRequest,
         Superseded,
@@ -193,6 +194,8 @@ class DunningCampaign:
             if skip is not None:  # late, and sending now would tell the customer something untrue
                 self._state.steps_skipped.append(due.key)
                 await self._record_skipped(inp, [due.key], skip)
+            elif plan.mode == "shadow":  # record what would be done; do none of it
+                await self._shadow(inp, plan, due)
             elif due.kind == journey.EXHAUST:
                 await self._terminal(inp, plan)
             elif due.kind == "retry":
@@ -401,6 +404,35 @@ class DunningCampaign:
         self._terminal_ran = outcome.status == "done"
         self._claim(ending.EXHAUSTED, EXHAUSTED_REASON)
 
+    async def _shadow(self, inp: CampaignInput, plan: CampaignPlan, due: journey.Due) -> None:
+        """Shadow mode: the due action is recorded as `dunning.shadow_action`, not done. A
+        charge is taken as declined (nothing was charged), so the timeline goes on as it
+        would for a customer who does not pay; the exhaustion's terminal action is
+        recorded and the campaign ends exhausted, having cancelled nothing."""
+        kinds = {"retry": "charge", "consequence": "consequence", journey.EXHAUST: plan.on_exhaustion}
+        action = ShadowAction(
+            subscription_id=inp.subscription_id, customer_id=inp.customer_id, campaign_started_at=inp.failed_at,
+            key=due.key, action=kinds.get(due.kind, "email"), detail=due.detail or "",  # type: ignore[arg-type]
+            at=workflow.now(), scheduled_at=due.at,
+        )  # fmt: skip
+        outcome = await workflow.execute_activity_method(
+            CampaignActivities.record_shadow_action, action, start_to_close_timeout=TIMEOUT, retry_policy=RETRY
+        )
+        if outcome.status == "superseded":
+            self._superseded(outcome.superseded)
+            return
+        self._stage(f"shadow:{due.key}")
+        if due.kind == "retry":
+            self._state.retries.append(RetryRecord(key=due.key, at=workflow.now(), outcome="shadow"))
+            self._situation = replace(self._situation, last_retry_at=workflow.now())
+        elif due.kind == journey.EXHAUST:
+            self._state.terminal_action = f"shadow: {plan.on_exhaustion}"
+            self._claim(ending.EXHAUSTED, EXHAUSTED_REASON)
+        elif due.kind != "consequence":
+            self._state.steps_sent.append(f"shadow:{due.key}")
+            if self._first_sent_at is None:
+                self._first_sent_at = workflow.now()
+
     async def _finish(self, inp: CampaignInput, end: ending.End) -> None:
         plan = self._plan
         entitlement = await workflow.execute_activity_method(
@@ -416,6 +448,7 @@ class DunningCampaign:
                 on_exhaustion=plan.on_exhaustion if plan else "none",
                 decline_class=self._state.decline_class,
                 plan_id=inp.plan_id,
+                shadow=plan is not None and plan.mode == "shadow",
             ),
             start_to_close_timeout=TIMEOUT,
             retry_policy=RETRY,

@@ -130,18 +130,20 @@ def fail_effect(
         )
 
 
-def begin_campaign(store: Store, inp: CampaignInput, at: datetime, outbound: bool) -> None:
-    """The campaign's first ledger row and its outbound event, in one transaction."""
+def begin_campaign(store: Store, inp: CampaignInput, at: datetime, outbound: bool, shadow: bool = False) -> None:
+    """The campaign's first ledger row and its outbound event, in one transaction (a
+    shadow campaign's row says so, and the host app is told nothing)."""
     started, at = _utc("campaign_started_at", inp.failed_at), _utc("at", at)
     with store.write() as conn:
         first = conn.execute(
             store.ledger_insert(
                 type="dunning.campaign_started", subscription_id=inp.subscription_id, customer_id=inp.customer_id,
-                campaign_started_at=started, step_key="", data={"provider": inp.provider}, occurred_at=at,
+                campaign_started_at=started, step_key="",
+                data={"provider": inp.provider, **({"mode": "shadow"} if shadow else {})}, occurred_at=at,
                 recorded_at=_now(),
             ).returning(dunning_events.c.id)  # fmt: skip
         ).first()
-        if first is not None and outbound:
+        if first is not None and outbound and not shadow:
             _outbound(store, conn, "campaign_started", inp.subscription_id, inp.customer_id, started, at,
                       {"provider": inp.provider})  # fmt: skip
 
