@@ -26,6 +26,7 @@ from typing import Any
 
 from dunning import reasons, text
 from dunning.config import Settings
+from dunning.contracts import BillingEvent, EventKind
 from dunning.providers.actions import PaymentProvider, ProviderError, provider_for
 from dunning.scrub import scrub
 from dunning.store import bad_debt
@@ -112,3 +113,23 @@ def pay_bad_debt(
         }  # fmt: skip
         answer = bad_debt.finish_failed(store, claim, 402, declined, at)
     return PayAnswer(answer.status, {**answer.body, "duplicate": False})
+
+
+def paid_event(settings: Settings, store: Store, event: BillingEvent) -> str | None:
+    """A `bad_debt_paid` event (the provider collected the debt itself): the subscription
+    leaves bad debt through this path — `bad_debt.exited` (how long, amount, reason),
+    entitlement restored, the outbound event — with no charge (the event says it is paid).
+    Keyed by the event id, so a redelivery changes nothing. None when the subscription is
+    not in bad debt (or a campaign runs, or a payment is in flight): the caller takes the
+    event down the ordinary payment path."""
+    if event.kind is not EventKind.bad_debt_paid or not event.subscription_id:
+        return None
+    try:
+        claim = bad_debt.claim(store, event.subscription_id, f"event:{event.provider}:{event.event_id}",
+                               "paid_out_of_band", event.occurred_at)  # fmt: skip
+    except bad_debt.Refused:
+        return None
+    if claim.answer is None:
+        bad_debt.finish_paid(store, claim, "paid_out_of_band", event.invoice_id, event.amount_due, event.occurred_at,
+                             settings.day_seconds)  # fmt: skip
+    return "bad_debt_exited"

@@ -21,6 +21,9 @@ the sweep. Every step is safe to repeat.
     none / stale  nothing to send
     recompute     a `recompute_requested` or `drift_detected` event: starter.recompute
                   reads every store and applies the minimal diff (its report is the result)
+    bad debt      a `bad_debt_paid` event for a subscription in bad debt leaves it through
+                  starter.bad_debt.paid_event (bad_debt.exited, no charge); otherwise it
+                  is a payment like any other
 
 A dispatch that fails for a reason waiting will not fix (not Temporal or the database
 unreachable, not a busy campaign) is counted on the inbox row; at `inbox_park_after`
@@ -133,6 +136,10 @@ async def receive_event(
         if event.kind in RECOMPUTE_KINDS:  # recompute decides from every store, not the projection alone
             report = await _recompute(store, await get_client(), event)
             return Received("processed", event.kind.value if event.kind else "", report.summary, report)
+        if event.kind is EventKind.bad_debt_paid:  # bad debt leaves by its own path, not collection's
+            exited = await _bad_debt_paid(store, await get_client(), event)
+            if exited is not None:
+                return Received("processed", "bad_debt_paid", exited)
         decision = await asyncio.to_thread(store.apply_projection, event, decide)
         if decision.action in ("none", "stale"):
             await asyncio.to_thread(store.inbox_mark_dispatched, event.provider, event.event_id, "nothing")
@@ -142,6 +149,15 @@ async def receive_event(
         await count_failure(store, event.provider, event.event_id, err, park_after)
         raise
     return Received("processed", decision.action, result)
+
+
+async def _bad_debt_paid(store: Store, client: DunningClient, event: BillingEvent) -> str | None:
+    from starter.bad_debt import paid_event
+
+    exited = await asyncio.to_thread(paid_event, client.settings, store, event)
+    if exited is not None:
+        await asyncio.to_thread(store.inbox_mark_dispatched, event.provider, event.event_id, exited)
+    return exited
 
 
 async def _recompute(store: Store, client: DunningClient, event: BillingEvent) -> Any:

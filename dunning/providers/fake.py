@@ -46,6 +46,7 @@ FAKE_TYPES: dict[str, EventKind] = {
     "invoice_voided": EventKind.invoice_voided,
     "invoice_marked_uncollectible": EventKind.invoice_marked_uncollectible,
     "subscription_canceled": EventKind.subscription_canceled,
+    "bad_debt_paid": EventKind.bad_debt_paid,  # the provider collected a bad debt itself
 }
 
 
