@@ -8,6 +8,7 @@ campaign (Temporal), emails at the SMTP sink, the fake provider's recorded calls
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 import pytest
@@ -214,3 +215,38 @@ async def test_http_route(api, dunning: SkippingDunningClient, store: Store, new
     metrics = (await api.get("/metrics")).json()
     assert metrics["dunning.drift_detected"]["projection.entitlement"] == before + 1
     assert metrics["dunning.drift_detected.by_source"]["support"] >= 1
+
+
+async def test_the_cli_shows_then_fixes(tenv, dunning: SkippingDunningClient, store: Store, settings, new_sub,
+                                        tmp_path) -> None:  # fmt: skip
+    """`dunning recompute` as an ops person runs it (a process against the same Temporal
+    and database): --dry-run shows the stores side by side and changes nothing; then it fixes."""
+    import os
+
+    from tests.test_devserver import dunning_command
+
+    sub = new_sub("rc_cli")
+    await _active_row(dunning, store, sub)
+    with store.engine.begin() as conn:
+        conn.execute(update(subscriptions).where(subscriptions.c.id == sub).values(entitlement="suspended"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DUNNING_")}
+    env.update(DUNNING_HOME=str(tmp_path), DUNNING_DATABASE_URL=settings.db_url,
+               DUNNING_TEMPORAL_ADDRESS=tenv.client.service_client.config.target_host,
+               DUNNING_TEMPORAL_TASK_QUEUE=settings.temporal_task_queue)  # fmt: skip
+
+    async def run(*args: str) -> tuple[int, str]:
+        proc = await asyncio.create_subprocess_exec(*dunning_command(), "recompute", *args, env=env,
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+        return proc.returncode or 0, out.decode()
+
+    code, out = await run(sub, "--dry-run")
+    assert code == 0, out
+    assert "dry run, nothing changed" in out and "entitlement" in out and "suspended" in out
+    assert "set_entitlement full" in out and "provider" in out and "desired" in out
+    assert entitlement_of(store, sub, "m").entitlement == "suspended"  # type: ignore[union-attr]
+    code, out = await run(sub)
+    assert code == 0, out
+    assert "status: applied" in out and entitlement_of(store, sub, "m").entitlement == "full"  # type: ignore[union-attr]
+    code, out = await run(sub, "--provider", "paypal")
+    assert code == 2 and "paypal" in out
