@@ -294,6 +294,24 @@ def _recompute() -> None:
 _recompute()
 
 
+def _schedules() -> None:
+    from starter.cli_schedules import schedules_app
+
+    app.add_typer(schedules_app, name="schedules")
+
+
+_schedules()
+
+
+def _rollout() -> None:
+    from starter.cli_rollout import rollout_app
+
+    app.add_typer(rollout_app, name="rollout")
+
+
+_rollout()
+
+
 def _inbox_app() -> typer.Typer:
     from starter.cli_inbox import inbox_app
 

@@ -2,7 +2,8 @@
 
 Starts the bundled Temporal dev server (state under DUNNING_HOME, UI on :8233, search
 attributes registered), an SMTP sink that writes every message to DUNNING_HOME/outbox,
-the worker and the HTTP API. Ctrl-C (or SIGTERM) stops everything, in order (`run_dev`).
+the worker, the drift-sweep Schedule (starter.schedules) and the HTTP API. Ctrl-C (or
+SIGTERM) stops everything, in order (`run_dev`).
 """
 
 from __future__ import annotations
@@ -171,6 +172,7 @@ async def _serve(
 ) -> None:  # fmt: skip
     worker_stop, api_stop = asyncio.Event(), asyncio.Event()
     worker = asyncio.create_task(serve_worker(client, settings, store, worker_stop), name="dunning-dev-worker")
+    await _sweep_schedule(client, settings, say)
     parts = [worker]
     if api is not None:
 
@@ -197,3 +199,15 @@ async def _serve(
             failure = failure or err
     if failure is not None:
         raise failure
+
+
+async def _sweep_schedule(client: Client, settings: Settings, say: Callable[[str], None]) -> None:
+    """Create or update the drift-sweep Schedule (the worker just started runs it)."""
+    from starter.schedules import SCHEDULE_ID, apply_schedules
+
+    try:
+        done = await apply_schedules(client, settings)
+    except Exception as err:  # the engine runs without the sweep; `dunning schedules apply` retries
+        say(f"Drift sweep      schedule {SCHEDULE_ID} NOT applied ({type(err).__name__}): run `dunning schedules apply`")
+        return
+    say(f"Drift sweep      schedule {SCHEDULE_ID} {done}: every {settings.recompute.sweep_interval_seconds:g} s")

@@ -1,5 +1,6 @@
-"""Build the Temporal client and the worker that runs campaigns; run it (with the outbox
-deliverer when `outbound_urls` is set) until SIGTERM/SIGINT, then stop gracefully.
+"""Build the Temporal client and the worker that runs campaigns and the drift sweep; run
+it (with the outbox deliverer when `outbound_urls` is set) until SIGTERM/SIGINT, then stop
+gracefully.
 
 Graceful stop: the worker stops polling for new tasks; activities in flight get
 `shutdown_grace_seconds` to finish, then are cancelled (the SDK's
@@ -24,11 +25,13 @@ from temporalio.worker import Worker
 from activities.campaign import CampaignActivities
 from activities.outbound import OutboundActivities
 from activities.payments import PaymentActivities
+from activities.sweep import SweepActivities
 from dunning.config import Settings
 from dunning.store.store import Store
 from starter.outbound import OutboxDeliverer
 from worker.shutdown import stop_on_signals
 from workflows.campaign import DunningCampaign
+from workflows.drift_sweep import DriftSweep
 
 log = logging.getLogger("dunning.worker")
 SHUTDOWN_SLACK = 5.0  # seconds past the grace period before the process stops waiting
@@ -46,17 +49,22 @@ async def connect(settings: Settings) -> Client:
 
 
 def build_worker(client: Client, settings: Settings, store: Store, task_queue: str | None = None) -> Worker:
+    from starter.client import DunningClient  # starter.client imports this module (connect)
+
     payments = PaymentActivities(settings, store)
+    sweep = SweepActivities(settings, store, DunningClient(client, store, settings))
     activities = [
         *CampaignActivities(settings, store).all(),
         payments.retry_payment,
         payments.terminal_action,
         OutboundActivities(store).emit,
+        sweep.sweep_candidates,
+        sweep.sweep_reconcile,
     ]
     return Worker(
         client,
         task_queue=task_queue or settings.temporal_task_queue,
-        workflows=[DunningCampaign],
+        workflows=[DunningCampaign, DriftSweep],
         activities=activities,
         activity_executor=concurrent.futures.ThreadPoolExecutor(max_workers=8),
         graceful_shutdown_timeout=timedelta(seconds=settings.shutdown_grace_seconds),
