@@ -40,3 +40,21 @@ def test_rate_and_counts():
     text = render(report)
     assert "33.3%" in text and "false positives      b" in text
     assert build([]).false_positive_rate is None and "-" in render(build([]))
+
+
+def test_the_cli_prints_the_report(tmp_path, db_url, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from starter.cli import app
+
+    for var in [v for v in __import__("os").environ if v.startswith("DUNNING_")]:
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("DUNNING_HOME", str(tmp_path))
+    monkeypatch.setenv("DUNNING_DATABASE_URL", db_url)
+    out = CliRunner().invoke(app, ["rollout", "report"])
+    assert out.exit_code == 0, out.output
+    assert "shadow campaigns" in out.output and "false-positive rate" in out.output
+    out = CliRunner().invoke(app, ["rollout", "report", "--json"])
+    assert out.exit_code == 0 and '"campaigns"' in out.output
+    out = CliRunner().invoke(app, ["rollout", "report", "--since", "yesterday"])
+    assert out.exit_code == 2 and "--since" in out.output
