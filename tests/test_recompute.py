@@ -51,6 +51,12 @@ async def _active_row(client, store: Store, sub: str) -> None:
     fake_account.update(store.engine, sub, at, status="active")
 
 
+async def _end(client: SkippingDunningClient, sub: str) -> None:
+    """Leave nothing running on the shared time-skipping server: pay, and wait for the end."""
+    await client.payment_recovered(sub, "card_updated", f"end-{sub}")
+    assert (await client._handle(sub).result()).outcome == "recovered"
+
+
 async def test_invoice_paid_without_webhook(dunning: SkippingDunningClient, store: Store, new_sub, mailbox) -> None:
     sub = new_sub("rc_paid")
     anchor = await _past_due(dunning, store, sub)
@@ -67,6 +73,7 @@ async def test_invoice_paid_without_webhook(dunning: SkippingDunningClient, stor
     row = store.get_subscription(sub)
     assert row is not None and row.status == "past_due" and row.dunning_campaign_started_at == anchor
     assert (await dunning.status(sub)).outcome == "running" and ledger(store, sub, DRIFT) == []
+    await _end(dunning, sub)
 
     status, report, _ = await recompute.request(store, dunning, sub, "fix-1")
     assert status == "processed" and report is not None and report.status == "applied"
@@ -109,6 +116,7 @@ async def test_dropped_failure_webhook_starts_the_campaign(
     assert len(ledger(store, sub, DRIFT)) == 1
     again = await recompute.dry_run(store, dunning, sub)
     assert again.plan.actions == ()
+    await _end(dunning, sub)
 
 
 async def test_wrong_entitlement_is_repaired(dunning: SkippingDunningClient, store: Store, new_sub) -> None:
@@ -136,6 +144,7 @@ async def test_a_payment_in_flight_defers_everything(dunning: SkippingDunningCli
     assert report.plan.deferred and "processing" in report.plan.deferred
     assert [a.kind for a in report.plan.withheld][0] == "end_campaign"
     assert (await dunning.status(sub)).outcome == "running" and ledger(store, sub, DRIFT) == []
+    await _end(dunning, sub)
 
 
 async def test_repeated_key_answers_the_first_result(dunning: SkippingDunningClient, store: Store, new_sub) -> None:
