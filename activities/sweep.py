@@ -27,26 +27,23 @@ import hashlib
 import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel
-from sqlalchemy import Select, or_, select, union
 from temporalio import activity
 
 from dunning.config import Settings
-from dunning.providers.fake_account import fake_subscriptions
 from dunning.reconcile import Plan
 from dunning.scrub import scrub
 from dunning.store import availability
-from dunning.store.schema import subscriptions
-from dunning.store.store import _READ, Store
+from dunning.store.store import Store
+from dunning.store.sweep_candidates import find_candidates
 from starter import recompute, temporal_gate
 
 if TYPE_CHECKING:
     from starter.client import DunningClient
 
 log = logging.getLogger("dunning.sweep")
-DUNNING = ("past_due", "unpaid")
 FALLBACK_PROVIDER = "fake"  # an id only the fake provider's accounts name (the engine has no row)
 KEY_MAX = 200  # recompute's event id is "drift_detected:" + key, at most 255
 
@@ -58,25 +55,6 @@ class SweepItem(BaseModel):
     status: Literal["no_drift", "applied", "deferred", "error"]
     drift: list[str] = []  # the fields that disagreed (withheld ones too, when deferred)
     error: str | None = None  # exception type and scrubbed message
-
-
-def candidates_query(after_id: str | None, limit: int, since: datetime) -> Select[Any]:
-    s, f = subscriptions.c, fake_subscriptions.c
-    engine_side = select(s.id.label("id")).where(
-        or_(s.status.in_(DUNNING), s.dunning_campaign_started_at.is_not(None), s.entitlement != "full",
-            s.updated_at >= since)
-    )  # fmt: skip
-    provider_side = select(f.subscription_id.label("id")).where(or_(f.status.in_(DUNNING), f.updated_at >= since))
-    both = union(engine_side, provider_side).subquery()
-    query = select(both.c.id)
-    if after_id is not None:
-        query = query.where(both.c.id > after_id)
-    return query.order_by(both.c.id).limit(limit)
-
-
-def find_candidates(store: Store, after_id: str | None, limit: int, since: datetime) -> list[str]:
-    with store.engine.execution_options(**{_READ: True}).connect() as conn:
-        return list(conn.execute(candidates_query(after_id, limit, since)).scalars())
 
 
 def recompute_key(sweep_key: str, subscription_id: str) -> str:
