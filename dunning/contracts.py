@@ -76,6 +76,7 @@ class CampaignInput(BaseModel):
     invoice_id: str | None = None
     decline_class: DeclineClass | None = None
     amount_due: int | None = None
+    currency: str | None = None  # ISO 4217, as the provider gave it
     plan_id: str | None = None
     # This run only records a payment that arrived after the exhausted campaign begun at
     # `failed_at` had its terminal action run (ends recovered_after_cancel at once).

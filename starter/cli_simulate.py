@@ -144,6 +144,8 @@ def payment_failed(
     decline_code: str = typer.Option(None, "--decline-code", help="Stripe-style decline code, e.g. insufficient_funds"),
     name: str = typer.Option(None, "--name", help="Customer name"),
     amount: int = typer.Option(None, "--amount", min=0, help="Amount due, in minor units"),
+    currency: str = typer.Option(None, "--currency", help="ISO 4217 code of the amount, e.g. usd"),
+    plan: str = typer.Option(None, "--plan", help="The provider's plan / price id"),
     api: str = API_OPTION,
     at: str = AT_OPTION,
     webhook: bool = WEBHOOK_OPTION,
@@ -153,7 +155,8 @@ def payment_failed(
         typer.echo(f"error: --email {email!r}: not an email address", err=True)
         raise typer.Exit(2)
     _send(ctx, "payment_failed", subscription, api, at, webhook, customer_id=customer, customer_email=email,
-          customer_name=name, decline_code=decline_code, amount_due=amount)  # fmt: skip
+          customer_name=name, decline_code=decline_code, amount_due=amount, currency=currency,
+          plan_id=plan)  # fmt: skip
 
 
 @simulate_app.command("payment-succeeded")

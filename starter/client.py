@@ -120,6 +120,7 @@ class DunningClient:
         decline_class: str | None = None,
         invoice_id: str | None = None,
         amount_due: int | None = None,
+        currency: str | None = None,
         plan_id: str | None = None,
     ) -> Received:
         failed_at = failed_at or await self.now()
@@ -138,6 +139,7 @@ class DunningClient:
             decline_class=decline_class,  # type: ignore[arg-type]
             invoice_id=invoice_id,
             amount_due=amount_due,
+            currency=currency,
             plan_id=plan_id,
         )
         return await self.receive(event)
@@ -228,6 +230,7 @@ class DunningClient:
             decline_class=event.decline_class,
             invoice_id=event.invoice_id,
             amount_due=event.amount_due,
+            currency=event.currency,
             plan_id=event.plan_id,
         )
         return await self.client.execute_update_with_start_workflow(

@@ -53,7 +53,7 @@ async def test_twenty_shadow_campaigns_act_on_nothing_and_record_everything(tenv
         found = entitlement_of(store, s, "m")
         assert found is not None and found.entitlement == "full"  # never restricted
         assert ledger(store, s, "bad_debt.entered") == [] and ledger(store, s, "dunning.exhausted") == []
-        assert ledger(store, s, "dunning.campaign_started")[0].data == {"provider": "fake", "mode": "shadow"}
+        assert ledger(store, s, "dunning.campaign_started")[0].data == {"provider": "fake", "amount_due": 900, "mode": "shadow"}
     with store.engine.connect() as conn:
         queued = conn.execute(select(func.count()).select_from(outbound_events)
                               .where(outbound_events.c.subscription_id.in_(subs))).scalar_one()  # fmt: skip

@@ -130,6 +130,17 @@ def fail_effect(
         )
 
 
+def _begun(inp: CampaignInput, shadow: bool) -> dict[str, Any]:
+    """The campaign_started row: what the recovery report splits by (ids and bounded values)."""
+    data: dict[str, Any] = {"provider": inp.provider}
+    extra = {"amount_due": inp.amount_due, "currency": inp.currency.lower() if inp.currency else None,
+             "plan_id": inp.plan_id, "decline_class": inp.decline_class}  # fmt: skip
+    data.update({k: v for k, v in extra.items() if v is not None})
+    if shadow:
+        data["mode"] = "shadow"
+    return data
+
+
 def begin_campaign(store: Store, inp: CampaignInput, at: datetime, outbound: bool, shadow: bool = False) -> None:
     """The campaign's first ledger row and its outbound event, in one transaction (a
     shadow campaign's row says so, and the host app is told nothing)."""
@@ -139,7 +150,7 @@ def begin_campaign(store: Store, inp: CampaignInput, at: datetime, outbound: boo
             store.ledger_insert(
                 type="dunning.campaign_started", subscription_id=inp.subscription_id, customer_id=inp.customer_id,
                 campaign_started_at=started, step_key="",
-                data={"provider": inp.provider, **({"mode": "shadow"} if shadow else {})}, occurred_at=at,
+                data=_begun(inp, shadow), occurred_at=at,
                 recorded_at=_now(),
             ).returning(dunning_events.c.id)  # fmt: skip
         ).first()
