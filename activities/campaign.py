@@ -34,6 +34,7 @@ from dunning.contracts import (
     StepRequest,
     late_by,
 )
+from dunning.email.context import email_context
 from dunning.email.message import build_message, domain_of, message_id_for
 from dunning.email.render import render
 from dunning.email.sender import SmtpError, send_message
@@ -172,20 +173,7 @@ class CampaignActivities:
         )
 
     def _render(self, req: StepRequest, customer: Customer):
-        return render(
-            self.settings.templates_dir,
-            req.template,
-            {
-                "customer_name": customer.name,
-                "subscription_id": req.subscription_id,
-                "step_key": req.step_key,
-                "campaign_started_at": req.campaign_started_at,
-                "update_payment_url": None,
-                "grace_ends_at": req.grace_ends_at,
-                "first_notice_at": req.first_notice_at,
-                "amount_due": None,
-            },
-        )
+        return render(self.settings.templates_dir, req.template, email_context(self.settings, self.store, req, customer))
 
     @activity.defn(name="change_entitlement")
     async def change_entitlement(self, change: EntitlementChange) -> EffectOutcome:

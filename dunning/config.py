@@ -21,6 +21,7 @@ from pydantic_settings import (
 
 from dunning.consequences import first_match
 from dunning.contracts import DECLINE_CLASSES, CampaignPlan, ConsequenceRule, RetryPolicy, StepSpec
+from dunning.email_settings import EmailSettings
 from dunning.recompute_settings import RecomputeSettings
 from dunning.rollout import RolloutSettings
 
@@ -213,6 +214,7 @@ class Settings(BaseSettings):
     campaign: CampaignSettings = Field(default_factory=CampaignSettings)
     rollout: RolloutSettings = Field(default_factory=RolloutSettings)  # the staged-rollout gate
     recompute: RecomputeSettings = Field(default_factory=RecomputeSettings)  # recompute and the drift sweep
+    email: EmailSettings = Field(default_factory=EmailSettings)  # sender, links and plan names in emails
 
     ui_port: int = Field(default=8233, ge=1, le=65535)  # `dunning dev` only
     api_host: str = "127.0.0.1"

@@ -27,10 +27,12 @@ ALL_TEMPLATES = ["first_notice", "reminder", "final_notice", "update_payment_met
 def context(**overrides: Any) -> dict[str, Any]:
     ctx: dict[str, Any] = {
         "customer_name": "Ada Lovelace",
-        "subscription_id": "sub_ABC123",
+        "company_name": "Acme Cloud",
+        "support_email": "help@acme.example",
+        "plan_name": "Pro (monthly)",
         "step_key": "first_notice",
         "campaign_started_at": STARTED,
-        "update_payment_url": "https://billing.example.com/update?s=sub_ABC123&t=1",
+        "update_payment_url": "https://billing.example.com/update?t=tok1&u=2",
         "grace_ends_at": STARTED + timedelta(days=14),
         "amount_due": "$49.00",
         "first_notice_at": STARTED,
@@ -76,12 +78,12 @@ def test_render_default_templates(name: str) -> None:
     assert isinstance(out, RenderedEmail)
     for part in (out.subject, out.text, out.html):
         assert part.strip()
-        assert "sub_ABC123" in part
+        assert "Acme Cloud" in part and "sub_ABC123" not in part  # the company, never an internal id
     assert "\n" not in out.subject
     assert "Ada Lovelace" in out.text and "Ada Lovelace" in out.html
     assert "$49.00" in out.text and "$49.00" in out.html
-    assert "https://billing.example.com/update?s=sub_ABC123&t=1" in out.text
-    assert 'href="https://billing.example.com/update?s=sub_ABC123&amp;t=1"' in out.html
+    assert "https://billing.example.com/update?t=tok1&u=2" in out.text
+    assert 'href="https://billing.example.com/update?t=tok1&amp;u=2"' in out.html
     assert "<html" in out.html and "<html" not in out.text
 
 
@@ -95,7 +97,8 @@ def test_final_notice_says_cancelled_at_end_of_grace() -> None:
 @pytest.mark.parametrize("name", ALL_TEMPLATES)
 def test_render_optional_values_missing(name: str) -> None:
     out = render(
-        BUILTIN_TEMPLATES, name, context(customer_name=None, update_payment_url=None, amount_due=None)
+        BUILTIN_TEMPLATES, name, context(customer_name=None, update_payment_url=None, amount_due=None, support_email=None,
+                plan_name=None)
     )
     assert out.text.startswith("Hi there,")
     assert "Hi there," in out.html
@@ -272,11 +275,11 @@ async def test_send_message_delivers(smtp_server: Any) -> None:
     got = BytesParser(policy=policy.default).parsebytes(envelope.content)
     assert got["Message-ID"] == message_id_for("sub_ABC123", STARTED, "reminder", "example.com")
     assert got["To"] == "ada@example.org"
-    assert got["Subject"] == msg["Subject"] and "sub_ABC123" in got["Subject"]
+    assert got["Subject"] == msg["Subject"] and "Acme Cloud" in got["Subject"]
     assert got["X-Dunning-Step"] == "reminder"
     text, html = parse_parts(got)
-    assert "Ada Lovelace" in text and "sub_ABC123" in text
-    assert "<html" in html and "sub_ABC123" in html
+    assert "Ada Lovelace" in text and "Pro (monthly)" in text and "sub_ABC123" not in text
+    assert "<html" in html and "Pro (monthly)" in html and "sub_ABC123" not in html
 
 
 async def test_send_to_closed_port_raises_quickly() -> None:
@@ -322,7 +325,7 @@ async def test_outbox_sink_stores_eml(tmp_path: Path) -> None:
     assert first["Message-ID"] == message_id_for("sub_ABC123", STARTED, "first_notice", "example.com")
     assert first["To"] == "ada@example.org"
     text, html = parse_parts(first)
-    assert "sub_ABC123" in text and "sub_ABC123" in html
+    assert "Acme Cloud" in text and "Acme Cloud" in html
 
 
 def test_outbox_sink_start_stop_explicit_port(tmp_path: Path) -> None:
