@@ -18,6 +18,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.attempt import attempt_token
+from activities.campaign_log import campaign_event
 from activities.heartbeat import heartbeating
 from dunning import rollout
 from dunning.config import Settings
@@ -77,6 +78,7 @@ class CampaignActivities:
         mode = "live" if gate == "live" else "shadow"
         outbound = bool(self.settings.outbound_urls)
         await asyncio.to_thread(campaign_writes.begin_campaign, self.store, inp, at, outbound, mode == "shadow")
+        campaign_event("started", inp.subscription_id, inp.failed_at, provider=inp.provider, mode=mode)
         return self.settings.plan(inp.provider).model_copy(update={"mode": mode})
 
     @activity.defn(name="send_step_email")
@@ -148,6 +150,7 @@ class CampaignActivities:
             self.store.mark_step_sent, req.subscription_id, req.customer_id, started, req.step_key, message_id,
             req.due_at, data=data,
         )  # fmt: skip
+        campaign_event("step_sent", req.subscription_id, started, step=req.step_key, sends=sends)
         return StepOutcome(step_key=req.step_key, status="sent", message_id=message_id)
 
     async def _fail(self, req: StepRequest, token: str, kind: str, message: str) -> None:
@@ -183,11 +186,15 @@ class CampaignActivities:
         stale = await asyncio.to_thread(campaign_writes.change_entitlement, self.store, change, outbound)
         if stale is not None:
             return EffectOutcome(status="superseded", superseded=stale)
+        campaign_event("consequence", change.subscription_id, change.campaign_started_at, level=change.level,
+                       previous=change.previous)  # fmt: skip
         return EffectOutcome(status="done", detail=change.level)
 
     @activity.defn(name="finish_campaign")
     async def finish_campaign(self, end: CampaignEnd) -> str:
         """The campaign's end in one idempotent transaction; returns the entitlement it leaves."""
+        campaign_event("ended", end.subscription_id, end.campaign_started_at, outcome=end.outcome,
+                       resolution=end.kind or None, shadow=end.shadow or None)  # fmt: skip
         if end.shadow:
             _, level = await asyncio.to_thread(shadow.finish, self.store, end)
             return level
@@ -204,6 +211,7 @@ class CampaignActivities:
         stale = await asyncio.to_thread(shadow.record_action, self.store, act)
         if stale is not None:
             return ShadowOutcome(status="superseded", superseded=stale)
+        campaign_event("shadow_action", act.subscription_id, act.campaign_started_at, step=act.key, action=act.action)
         return ShadowOutcome(status="recorded")
 
     @activity.defn(name="record_skipped")

@@ -15,6 +15,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.attempt import attempt_token
+from activities.campaign_log import campaign_event
 from activities.heartbeat import heartbeating
 from dunning.config import ConfigError, Settings
 from dunning.contracts import EffectOutcome, RetryOutcome, RetryRequest, TerminalRequest, late_by
@@ -77,6 +78,8 @@ class PaymentActivities:
                 ledger_type="dunning.retry_attempted",
                 data={**outcome.model_dump(exclude={"retry_key"}), **late_by(req.at, req.scheduled_at)},
             )
+            campaign_event("retry", req.subscription_id, req.campaign_started_at, step=req.retry_key,
+                           result=outcome.status, decline_class=outcome.decline_class)  # fmt: skip
             return outcome
 
         return await self._run(run, req.subscription_id, req.customer_id, req.campaign_started_at, req.retry_key, token)
@@ -108,6 +111,7 @@ class PaymentActivities:
                 req.subscription_id, req.customer_id, req.campaign_started_at, "terminal", idem,
                 datetime.now(UTC), ledger_type=None,
             )  # fmt: skip
+            campaign_event("terminal", req.subscription_id, req.campaign_started_at, action=req.action, result=status)
             return EffectOutcome(status="done", detail=f"{req.action}: {status}")
 
         return await self._run(run, req.subscription_id, req.customer_id, req.campaign_started_at, "terminal", token)
