@@ -1,11 +1,12 @@
 # Two commands on a fresh machine with Python 3.11+:
 #   make run    set up a venv and run the whole engine (`dunning dev`)
 #   make test   set up a venv, run ruff and mypy, then every test (PostgreSQL lane included)
+#   make chromium  install Debian's headless Chromium (the HTML report test draws with it; as root)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup run test lint clean
+.PHONY: setup run test lint clean chromium
 
 setup: $(VENV)/.installed
 
@@ -26,6 +27,9 @@ lint: setup
 test: lint
 	$(BIN)/pytest -q
 
+
+chromium:
+	command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium)
 
 clean:
 	rm -rf $(VENV) .dunning .pytest_cache .hypothesis
