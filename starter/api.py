@@ -15,10 +15,13 @@
     GET  /v1/subscriptions/{id}/campaign            Bearer DUNNING_API_TOKEN
     GET  /healthz   the process is up
     GET  /readyz    database and Temporal reachable (503 naming which is not)
-    GET  /metrics   webhook counts by provider, outcome and reason; inbox rows pending and
-                    parked; unconfirmed deliveries, email resends, failed and skipped
+    GET  /metrics   Prometheus text (`dunning_*`, starter.api_metrics.StoreCollector);
+                    JSON instead (the body of /metrics.json) with ?format=json or when the
+                    Accept header prefers application/json
+    GET  /metrics.json  webhook counts by provider, outcome and reason; inbox rows pending
+                    and parked; unconfirmed deliveries, email resends, failed and skipped
                     actions; outbox pending and delivered; bad debt entered and exited and
-                    its breakdown; stuck work; drift by field and source (JSON)
+                    its breakdown; stuck work; drift by field and source
 
 Temporal is reached lazily through `client_factory` (see starter.temporal_gate), so the
 API starts and answers while Temporal is down. A background sweep re-dispatches inbox
@@ -33,13 +36,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
 
 from dunning import text
@@ -47,8 +51,15 @@ from dunning.config import Settings
 from dunning.store import availability, inbox_parking, outbox, recompute_writes
 from dunning.store.entitlements import entitlement_of, requires_attention
 from dunning.store.store import Store
-from starter import recompute
-from starter.api_metrics import WebhookCounter, store_gauges
+from starter import recompute, telemetry
+from starter.api_metrics import (
+    PROMETHEUS_CONTENT_TYPE,
+    WebhookCounter,
+    prometheus_registry,
+    prometheus_text,
+    store_gauges,
+    wants_json,
+)
 from starter.api_requests import authorize, check_id, database_down, error, payment_service
 from starter.bad_debt import pay_bad_debt
 from starter.client import DunningClient, EventParked, UnknownSubscription
@@ -110,6 +121,9 @@ def create_app(
     app.state.store = store
     app.state.temporal = gate
     app.state.webhook_counter = counter
+    app.state.metrics_registry = registry = prometheus_registry(store, settings, counter)
+    telemetry.setup_tracing()
+    telemetry.instrument_app(app)
 
     async def database_unavailable(_request: Request, err: Exception) -> JSONResponse:
         log.warning("%s", availability.describe(store, err))
@@ -120,17 +134,18 @@ def create_app(
 
     # --- webhooks --------------------------------------------------------------------
     async def webhook(provider: str, request: Request) -> JSONResponse:
+        started = time.perf_counter()
         try:
             reply = await receive(provider, request, settings, store, gate, timeout=dispatch_timeout, clock=clock)
         except Exception as err:
             if availability.is_unavailable(err):  # down or locked: nothing lost, the provider redelivers
                 log.warning("%s webhook not recorded: %s", provider, availability.describe(store, err))
-                counter.add(provider, "unavailable", "database_unavailable")
+                counter.add(provider, "unavailable", "database_unavailable", time.perf_counter() - started)
                 return database_down(store, err)
             log.error("%s webhook failed (%s); the provider will redeliver", provider, type(err).__name__)
-            counter.add(provider, "error", "internal")
+            counter.add(provider, "error", "internal", time.perf_counter() - started)
             return error(500, "internal", "the event could not be processed; it will be retried")
-        counter.add(provider, reply.outcome, reply.reason)
+        counter.add(provider, reply.outcome, reply.reason, time.perf_counter() - started)
         return _json(reply)
 
     @app.post("/webhooks/stripe")
@@ -276,6 +291,13 @@ def create_app(
         return JSONResponse({"status": "ready", **checks})
 
     @app.get("/metrics")
+    async def metrics(request: Request, format: str | None = None) -> Response:
+        if format == "json" or wants_json(request.headers.get("accept")):
+            return JSONResponse(await metrics_json())
+        body = await asyncio.to_thread(prometheus_text, registry)  # reads the store
+        return Response(body, media_type=PROMETHEUS_CONTENT_TYPE)
+
+    @app.get("/metrics.json")
     async def metrics_json() -> dict[str, Any]:
         deliveries = await asyncio.to_thread(store.delivery_counts)
         actions = await asyncio.to_thread(store.ledger_counts, "dunning.action_failed", "dunning.action_skipped")

@@ -138,7 +138,7 @@ class OutboxDeliverer:
                 try:
                     await self.deliver_due(http, stop)
                 except Exception as err:  # the database is down, say: try again next poll
-                    log.warning("outbox pass failed (%s); next try in %g s", type(err).__name__, self.poll_seconds)
+                    log.warning("outbox pass failed: reason=%s retry_in=%gs", type(err).__name__, self.poll_seconds)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self.poll_seconds)
         log.info("outbox deliverer stopped")
@@ -188,13 +188,14 @@ class OutboxDeliverer:
                 await asyncio.to_thread(outbox.mark_delivered, self.store, row.id, now)
                 self._meters.delivered.add(1, {"type": row.type})
                 self._meters.lag.record(max(0.0, (now - row.created_at).total_seconds()), {"type": row.type})
-                log.info("delivered %s event %s (attempt %d)", row.type, row.event_id, row.attempts)
+                log.info("outbound delivered: event=%s type=%s attempt=%d", row.event_id, row.type, row.attempts)
                 return True
             delay = backoff(row.attempts, self.backoff_first, self.backoff_cap)
             await asyncio.to_thread(outbox.mark_failed, self.store, row.id, now + timedelta(seconds=delay), error)
+            # one line per failed attempt (so once per backoff step): ids, the count, the reason; no traceback
             log.warning(
-                "outbound %s event %s: attempt %d failed (%s); next in %g s",
-                row.type, row.event_id, row.attempts, error, delay,
+                'outbound delivery failed: event=%s type=%s subscription=%s attempt=%d retry_in=%gs reason="%s"',
+                row.event_id, row.type, row.subscription_id, row.attempts, delay, error,
             )  # fmt: skip
             return False
 

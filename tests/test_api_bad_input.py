@@ -179,7 +179,7 @@ async def test_counters_count_by_provider_outcome_and_reason(offline):
     await offline.post(path, content=ignored, headers={"Stripe-Signature": stripe_header(ignored)})
     await offline.post("/webhooks/fake", content=b"{}")
 
-    counts = {(c["provider"], c["outcome"], c["reason"]): c["count"] for c in (await offline.get("/metrics")).json()["dunning.webhooks"]}
+    counts = {(c["provider"], c["outcome"], c["reason"]): c["count"] for c in (await offline.get("/metrics.json")).json()["dunning.webhooks"]}
     assert counts == {
         ("stripe", "rejected", "bad_signature"): 2,
         ("stripe", "rejected", "missing_signature"): 1,

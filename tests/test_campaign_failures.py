@@ -167,7 +167,7 @@ async def _metrics(settings, store) -> dict:
         raise AssertionError("/metrics must not need Temporal")
 
     async with api_client(api_settings(settings), store, no_temporal) as api:
-        response = await api.get("/metrics")
+        response = await api.get("/metrics.json")
     assert response.status_code == 200
     return response.json()
 

@@ -147,7 +147,7 @@ async def test_database_down_read_routes_are_503_json_webhooks_5xx_and_the_redel
         assert (await api.get("/metrics")).status_code == 200
 
         outage.down()
-        unavailable(await api.get("/metrics"), kind, secrets)
+        unavailable(await api.get("/metrics.json"), kind, secrets)
         unavailable(await api.get("/v1/customers/cus_dbdown/attention", headers=BEARER), kind, secrets)
         unavailable(await api.get(f"/v1/subscriptions/{sub}/entitlement", headers=BEARER), kind, secrets)
         unavailable(await api.post(f"/v1/subscriptions/{sub}/payment-recovered", headers=BEARER), kind, secrets)
@@ -161,7 +161,7 @@ async def test_database_down_read_routes_are_503_json_webhooks_5xx_and_the_redel
         assert redelivered.json() == {"status": "processed", "action": "start", "result": "started"}
         (notice,) = await eventually(mailbox.messages)
         assert (notice["To"], notice["X-Dunning-Step"]) == ("db@example.com", "first_notice")
-        metrics = (await api.get("/metrics")).json()
+        metrics = (await api.get("/metrics.json")).json()
         assert (metrics["dunning.inbox.pending"], metrics["dunning.inbox.parked"]) == (0, 0)
         counted = {(c["outcome"], c["reason"]): c["count"] for c in metrics["dunning.webhooks"]}
         assert counted[("unavailable", "database_unavailable")] == 1

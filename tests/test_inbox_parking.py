@@ -64,7 +64,7 @@ async def test_poison_events_are_parked_and_every_good_event_is_dispatched(tenv,
             assert (await post(down, request)).status_code == 503
         # a stored event the engine can no longer read: poison for the sweep only
         store.inbox_receive("fake", "evt_unreadable", "payment_failed", bad[0], now, {"event": {"provider": "nobody"}})
-        metrics = (await down.get("/metrics")).json()
+        metrics = (await down.get("/metrics.json")).json()
         assert (metrics["dunning.inbox.pending"], metrics["dunning.inbox.parked"]) == (7, 0)
 
     closed = DunningClient(await Client.connect("127.0.0.1:1", lazy=True, data_converter=pydantic_data_converter), store, config)
@@ -94,7 +94,7 @@ async def test_poison_events_are_parked_and_every_good_event_is_dispatched(tenv,
         return dunning
 
     async with api_client(config, store, up, clock=tenv.get_current_time) as api:
-        metrics = (await api.get("/metrics")).json()
+        metrics = (await api.get("/metrics.json")).json()
         assert (metrics["dunning.inbox.pending"], metrics["dunning.inbox.parked"]) == (0, 5)
         again = await post(api, requests[bad[2]])  # the provider redelivers a parked event: recorded, nothing done
         assert again.status_code == 200 and again.json()["status"] == "parked"

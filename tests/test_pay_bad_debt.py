@@ -222,7 +222,7 @@ async def test_success_leaves_bad_debt_once(api, store):
     assert (after.status_code, after.json()["error"]) == (409, "not_in_bad_debt")
     assert len(_charges(store)) == 1
 
-    metrics = (await api.get("/metrics")).json()
+    metrics = (await api.get("/metrics.json")).json()
     assert (metrics["dunning.bad_debt.entered"], metrics["dunning.bad_debt.exited"]) == (1, 1)
 
 

@@ -197,7 +197,7 @@ async def test_http_route(api, dunning: SkippingDunningClient, store: Store, new
         conn.execute(update(subscriptions).where(subscriptions.c.id == sub).values(entitlement="limited"))
     path = f"/v1/subscriptions/{sub}/recompute"
     assert (await api.post(path)).status_code == 401
-    before = (await api.get("/metrics")).json()["dunning.drift_detected"].get("projection.entitlement", 0)
+    before = (await api.get("/metrics.json")).json()["dunning.drift_detected"].get("projection.entitlement", 0)
     auth = {"Authorization": f"Bearer {API_TOKEN}"}
 
     dry = await api.post(path, params={"dry_run": "true"}, headers=auth)
@@ -220,7 +220,7 @@ async def test_http_route(api, dunning: SkippingDunningClient, store: Store, new
     bad = await api.post(path, headers={**auth, "Idempotency-Key": "\x01"})
     assert bad.status_code == 400 and "Idempotency-Key" in bad.json()["message"]
     assert len(ledger(store, sub, DRIFT)) == 1
-    metrics = (await api.get("/metrics")).json()
+    metrics = (await api.get("/metrics.json")).json()
     assert metrics["dunning.drift_detected"]["projection.entitlement"] == before + 1
     assert metrics["dunning.drift_detected.by_source"]["support"] >= 1
 
