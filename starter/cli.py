@@ -312,6 +312,24 @@ def _rollout() -> None:
 _rollout()
 
 
+def _report() -> None:
+    from starter.cli_report import report_command
+
+    app.command("report")(report_command)
+
+
+_report()
+
+
+def _campaigns() -> None:
+    from starter.cli_campaigns import list_command
+
+    campaign_app.command("list")(list_command)
+
+
+_campaigns()
+
+
 def _inbox_app() -> typer.Typer:
     from starter.cli_inbox import inbox_app
 

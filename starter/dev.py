@@ -4,15 +4,28 @@ Starts the bundled Temporal dev server (state under DUNNING_HOME, UI on :8233, s
 attributes registered), an SMTP sink that writes every message to DUNNING_HOME/outbox,
 the worker, the drift-sweep Schedule (starter.schedules) and the HTTP API. Ctrl-C (or
 SIGTERM) stops everything, in order (`run_dev`).
+
+Before anything starts, every port it needs (Temporal gRPC, UI, API, SMTP sink) must be
+free: a taken one is an error naming it (`PortTaken`), never a server it attaches to.
+The Temporal dev server is a child process that dies with `dunning dev`, also when that
+is SIGKILLed: on Linux it is started with prctl(PR_SET_PDEATHSIG, SIGTERM)
+(`die_with_parent`), so the kernel signals it when its parent goes; a normal exit stops
+it in order (`stop_process`). Elsewhere only the normal exit stops it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
+import errno
+import os
 import secrets
 import signal
+import socket
 import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 
 from temporalio.client import Client
@@ -50,7 +63,83 @@ def dev_defaults(settings: Settings) -> Settings:
     )
 
 
+class PortTaken(RuntimeError):
+    """A port `dunning dev` needs is in use (nothing was started)."""
+
+
+def dev_ports(settings: Settings) -> list[tuple[str, str, int]]:
+    """(what, host, port) of every port `dunning dev` listens on, with the setting that moves it."""
+    host, _, port = settings.temporal_address.rpartition(":")
+    return [
+        ("Temporal gRPC (DUNNING_TEMPORAL_ADDRESS)", host or "127.0.0.1", int(port)),
+        ("Temporal UI (DUNNING_UI_PORT)", host or "127.0.0.1", settings.ui_port),
+        ("API (DUNNING_API_PORT)", settings.api_host, settings.api_port),
+        ("SMTP sink (DUNNING_SMTP_PORT)", settings.smtp_host, settings.smtp_port),
+    ]
+
+
+def port_problems(ports: list[tuple[str, str, int]]) -> list[str]:
+    """Why each port cannot be listened on: one asked for twice, or in use (a bind that
+    fails; SO_REUSEADDR so a closed socket in TIME_WAIT does not count)."""
+    problems: list[str] = []
+    seen: dict[int, str] = {}
+    for what, host, port in ports:
+        if port in seen:
+            problems.append(f"port {port} is set for both {seen[port]} and {what}")
+            continue
+        seen[port] = what
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as err:
+            problems.append(f"{what}: cannot resolve {host!r}: {err}")
+            continue
+        family, _, _, _, address = infos[0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as err:
+                why = "is already in use" if err.errno == errno.EADDRINUSE else f"cannot be bound ({err.strerror})"
+                problems.append(f"port {port} on {host} for {what} {why}")
+    return problems
+
+
+def check_ports(settings: Settings) -> None:
+    """Raise PortTaken naming every port `dunning dev` cannot listen on."""
+    problems = port_problems(dev_ports(settings))
+    if problems:
+        raise PortTaken(
+            "; ".join(problems) + ". Nothing was started: stop what listens there (another `dunning dev`?) "
+            "or set the variable named to a free port."
+        )
+
+
+def _pdeathsig() -> Callable[[], None] | None:
+    """A preexec_fn that makes the child get SIGTERM when its parent dies (Linux only;
+    None elsewhere). libc's prctl is looked up here, in the parent, so the forked child
+    only calls it; if the parent died before the call, the child exits at once.
+    Note the kernel's rule: the signal is sent when the parent *thread* that forked the
+    child ends, so start the child from a thread that lives as long as the process
+    (run_dev does it from the main thread)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+    pr_set_pdeathsig = 1
+
+    def die_with_parent() -> None:
+        prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl ran
+            os._exit(1)
+
+    return die_with_parent
+
+
 def start_temporal(settings: Settings, ui_port: int | None = None, headless: bool = False) -> subprocess.Popen:
+    """The Temporal dev server as a child that dies with this process (see the module doc)."""
     host, _, port = settings.temporal_address.rpartition(":")
     cmd = [
         find_binary("temporal"),
@@ -74,7 +163,9 @@ def start_temporal(settings: Settings, ui_port: int | None = None, headless: boo
     for name, type_ in search_attributes.SEARCH_ATTRIBUTES.items():
         cmd += ["--search-attribute", f"{name}={type_}"]
     with open(settings.home / "temporal.log", "ab") as log:  # the child keeps its own handle
-        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_pdeathsig()
+        )
 
 
 async def wait_for_temporal(settings: Settings, proc: subprocess.Popen | None = None, timeout: float = 60) -> Client:
@@ -110,11 +201,12 @@ async def run_dev(settings: Settings, api: ApiRunner | None = None, say: Callabl
     events come in), the worker (activities in flight finish or are handed back, the
     outbox deliverer stops), the SMTP sink, the Temporal dev server; each part within
     `shutdown_grace_seconds`."""
+    check_ports(settings)  # before anything starts
     settings.home.mkdir(parents=True, exist_ok=True)
     settings = dev_defaults(settings)
     store = Store.open(settings.db_url)
-    proc = start_temporal(settings)
     sink = OutboxSink(settings.outbox, host=settings.smtp_host, port=settings.smtp_port)
+    proc = start_temporal(settings)
     grace = settings.shutdown_grace_seconds
     stop = asyncio.Event()
     with stop_on_signals(stop, "dunning dev", grace, force=proc.kill):

@@ -3,17 +3,21 @@
     ok    config       valid; webhooks enabled: stripe, fake; campaign enabled
     ok    database     reachable (postgresql+psycopg://app@db/dunning)
     FAIL  temporal     cannot reach 127.0.0.1:7233: ...
+    FAIL  smtp         cannot reach 127.0.0.1:1025: ConnectionRefusedError: ...
     WARN  stripe       ... two sets of emails ...
+    WARN  provider     stripe: a webhook secret is set but DUNNING_STRIPE_API_KEY is not: ...
     WARN  stuck        1 payment started over 30m ago with no recorded result (...): sub_1 retry@3d ...
 
 Returns the exit code: 0 when nothing failed (warnings allowed), 1 otherwise. The
 Settings passed in were already validated (a bad config never gets this far; the caller
-prints its ConfigError and exits 2).
+prints its ConfigError and exits 2). Beside a running `dunning dev`, the secrets it
+generated (DUNNING_HOME/dev-secrets) count as set, as for `dunning simulate`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import smtplib
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -54,7 +58,41 @@ def stripe_double_email_warning(settings: Settings) -> str | None:
     )
 
 
+def stripe_key_warning(settings: Settings) -> str | None:
+    """Stripe webhooks come in, but the engine cannot call Stripe back."""
+    if "stripe" not in enabled_providers(settings) or settings.stripe_api_key:
+        return None
+    return (
+        "stripe: a webhook secret is set but DUNNING_STRIPE_API_KEY is not: the terminal action at the end of "
+        "the grace period (cancel / mark_unpaid) and the drift sweep's reads cannot call Stripe "
+        "(they fail and the campaign needs attention); set DUNNING_STRIPE_API_KEY (a restricted key is enough)"
+    )
+
+
+def smtp_problem(settings: Settings, timeout: float) -> str | None:
+    """Connect to the SMTP server, EHLO and NOOP (no login, no message); None when it answers."""
+    try:
+        with smtplib.SMTP(settings.smtp_host, settings.smtp_port, timeout=timeout) as smtp:
+            code, reply = smtp.ehlo()
+            if code != 250:
+                return f"EHLO answered {code} {_reply(reply)}"
+            if settings.smtp_starttls and not smtp.has_extn("starttls"):
+                return "does not offer STARTTLS (DUNNING_SMTP_STARTTLS is true)"
+            code, reply = smtp.noop()
+            if code != 250:
+                return f"NOOP answered {code} {_reply(reply)}"
+    except (OSError, smtplib.SMTPException) as err:
+        return f"{type(err).__name__}: {_first_line(err)}"
+    return None
+
+
+def _reply(reply: bytes) -> str:
+    return reply.decode(errors="replace").splitlines()[0][:200] if reply else ""
+
+
 def doctor(settings: Settings, *, timeout: float = 5.0, say: Callable[[str], None] = print) -> int:
+    from starter.dev import with_dev_secrets
+
     failed = False
 
     def report(level: str, what: str, message: str) -> None:
@@ -62,6 +100,10 @@ def doctor(settings: Settings, *, timeout: float = 5.0, say: Callable[[str], Non
         failed = failed or level == "FAIL"
         say(f"{level:<5} {what:<9} {message}")
 
+    dev = with_dev_secrets(settings)  # a running `dunning dev`'s secrets, as `dunning simulate` reads them
+    if dev is not settings:
+        settings = dev
+        report("ok", "dev", f"using the secrets `dunning dev` generated ({settings.home / 'dev-secrets'})")
     providers = enabled_providers(settings)
     report(
         "ok", "config",
@@ -95,9 +137,19 @@ def doctor(settings: Settings, *, timeout: float = 5.0, say: Callable[[str], Non
     else:
         report("ok", "temporal", f"reachable, namespace found: {where}")
 
+    smtp = f"{settings.smtp_host}:{settings.smtp_port}"
+    problem = smtp_problem(settings, timeout)
+    if problem:
+        report("FAIL", "smtp", f"cannot reach {smtp}: {problem} (no campaign email can be sent)")
+    else:
+        report("ok", "smtp", f"reachable, answers EHLO and NOOP: {smtp}")
+
     warning = stripe_double_email_warning(settings)
     if warning:
         report("WARN", "stripe", warning)
+    warning = stripe_key_warning(settings)
+    if warning:
+        report("WARN", "provider", warning)
     return 1 if failed else 0
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import time
 from datetime import timedelta
 
 import httpx
@@ -64,7 +65,7 @@ async def test_simulate_commands_drive_a_campaign_through_the_served_api(tenv, s
         state = await dunning.client.get_workflow_handle(f"dunning-{sub}").result()
         assert state["outcome"] == "recovered"
 
-        metrics = (await http.get("/metrics")).json()["dunning.webhooks"]
+        metrics = (await http.get("/metrics.json")).json()["dunning.webhooks"]
         assert sum(m["count"] for m in metrics if m["outcome"] == "processed") == 3
 
     server.cancel()
@@ -131,3 +132,52 @@ def test_doctor_fails_on_an_unreachable_database(settings):
     assert code == 1 and "FAIL  database" in out
     assert "secret" not in out  # the password is never printed
     assert "WARN  webhooks" in out and "WARN  api" in out
+
+
+def doctor_lines(settings: Settings, what: str) -> list[str]:
+    """The doctor's lines for one check (`what`), e.g. "smtp"."""
+    return [line for line in run_doctor(settings)[1].splitlines() if line.split()[1:2] == [what]]
+
+
+def test_doctor_reads_the_secrets_dunning_dev_generated(settings):
+    bare = settings.model_copy(update={"api_token": None, "fake_webhook_secret": None, "stripe_webhook_secret": []})
+    code, out = run_doctor(bare)
+    assert "WARN  api" in out and "WARN  webhooks" in out and "ok    dev" not in out
+
+    (bare.home / "dev-secrets").write_text("whsec_dev_0123456789abcdef\ndev_0123456789abcdef01234567\n")
+    code, out = run_doctor(bare)
+    assert "WARN  api" not in out and "WARN  webhooks" not in out, out
+    assert "webhooks enabled: fake" in out
+    assert f"ok    dev       using the secrets `dunning dev` generated ({bare.home / 'dev-secrets'})" in out
+    assert "whsec_dev_0123456789abcdef" not in out and "dev_0123456789abcdef01234567" not in out  # never printed
+
+
+def test_doctor_checks_smtp_with_ehlo_and_noop(settings):
+    (ok,) = doctor_lines(settings, "smtp")  # the settings fixture's sink is running
+    assert ok == f"ok    smtp      reachable, answers EHLO and NOOP: 127.0.0.1:{settings.smtp_port}"
+
+    port = free_port()
+    code, out = run_doctor(settings.model_copy(update={"smtp_port": port}))
+    (line,) = [line for line in out.splitlines() if line.startswith("FAIL  smtp")]
+    assert code == 1 and f"cannot reach 127.0.0.1:{port}: ConnectionRefusedError" in line, out
+
+
+def test_doctor_smtp_check_gives_up_after_the_timeout(settings):
+    with socket.socket() as silent:  # accepts connections (the kernel's backlog) and never greets
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        t0 = time.monotonic()
+        (line,) = doctor_lines(settings.model_copy(update={"smtp_port": port}), "smtp")
+        assert time.monotonic() - t0 < 15
+    assert line.startswith("FAIL  smtp") and f"127.0.0.1:{port}" in line and "timed out" in line, line
+
+
+def test_doctor_warns_when_stripe_webhooks_have_no_api_key(settings):
+    stripe = api_settings(settings, stripe_api_key=None)
+    (line,) = doctor_lines(stripe, "provider")
+    assert line.startswith("WARN  provider  stripe: a webhook secret is set but DUNNING_STRIPE_API_KEY is not")
+    assert "terminal action" in line
+    assert doctor_lines(api_settings(settings, stripe_api_key="rk_test_doctor"), "provider") == []
+    assert doctor_lines(api_settings(settings, stripe_webhook_secret=[], stripe_api_key=None), "provider") == []
+    assert "rk_test_doctor" not in run_doctor(api_settings(settings, stripe_api_key="rk_test_doctor"))[1]

@@ -29,6 +29,7 @@ DESIGN_ATTRIBUTES = {
     "DunningProvider": "Keyword",
     "DunningStage": "Keyword",
     "DunningCampaignStartedAt": "Datetime",
+    "DunningOutcome": "Keyword",
 }
 IMAGE = re.compile(
     r"^(?P<repo>[a-z0-9][a-z0-9._/-]*):(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})(?:@sha256:[0-9a-f]{64})?$"

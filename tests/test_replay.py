@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import PayloadConverter
 from temporalio.worker import Replayer
 
 from workflows.campaign import DunningCampaign
@@ -22,7 +23,37 @@ def test_there_are_histories_to_replay():
         "v3_recovered_after_cancel",
         # the outbox and ledger-skip patches; an outage caught up; a permanent failure
         "v4_full_campaign", "v4_outage_catch_up", "v4_needs_attention", "v4_recovered_after_cancel",
+        # the end upserted as DunningOutcome (patch outcome-search-attribute)
+        "v5_full_campaign", "v5_needs_attention", "v5_signals_then_voided", "v5_recovered_after_cancel",
     } <= names  # fmt: skip
+
+
+def upserted(path: Path, name: str) -> list[str]:
+    """Every value of search attribute `name` a recorded run upserted, in order."""
+    history = WorkflowHistory.from_json(path.stem, path.read_text())
+    values = []
+    for event in history.events:
+        if event.HasField("upsert_workflow_search_attributes_event_attributes"):
+            fields = event.upsert_workflow_search_attributes_event_attributes.search_attributes.indexed_fields
+            if name in fields:
+                values.append(PayloadConverter.default.from_payloads([fields[name]])[0])
+    return values
+
+
+@pytest.mark.parametrize(
+    ("stem", "outcome", "last_stage"),
+    [
+        ("v5_full_campaign", "exhausted", "exhausted"),
+        ("v5_needs_attention", "recovered", "needs_attention"),  # the stage stays; the outcome says how it ended
+        ("v5_signals_then_voided", "resolved", "resolved"),
+        ("v5_recovered_after_cancel", "recovered_after_cancel", "recovered_after_cancel"),
+    ],
+)
+def test_v5_histories_record_the_outcome_once_at_the_end(stem, outcome, last_stage):
+    path = Path(__file__).parent / "histories" / f"{stem}.json"
+    assert upserted(path, "DunningOutcome") == [outcome]
+    assert upserted(path, "DunningStage")[-1] == last_stage  # stage values are the keys, as before v5
+    assert upserted(path.with_name(stem.replace("v5_", "v4_") + ".json"), "DunningOutcome") == []
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=lambda p: p.stem)

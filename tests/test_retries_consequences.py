@@ -100,7 +100,7 @@ async def test_hard_decline_asks_for_a_new_card_at_once_and_retries_only_after_t
 
     msgs = mailbox.messages()
     assert msgs and msgs[0]["X-Dunning-Step"] == "class:update_payment_method"
-    assert "update the payment method" in msgs[0]["Subject"]
+    assert "update your payment method" in msgs[0]["Subject"]
     (asked,) = [e for e in ledger(store, sub, "dunning.step_sent") if e.step_key == "class:update_payment_method"]
     assert near(asked.occurred_at - anchor, timedelta(0))  # at once, not at a later step
     assert fake_state.calls(store.engine, sub) == []  # no blind retry of a dead card

@@ -19,6 +19,7 @@ import logging
 from datetime import timedelta
 
 from temporalio.client import Client
+from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
@@ -28,7 +29,9 @@ from activities.payments import PaymentActivities
 from activities.sweep import SweepActivities
 from dunning.config import Settings
 from dunning.store.store import Store
+from starter import telemetry
 from starter.outbound import OutboxDeliverer
+from worker import search_attributes
 from worker.shutdown import stop_on_signals
 from workflows.campaign import DunningCampaign
 from workflows.drift_sweep import DriftSweep
@@ -38,14 +41,23 @@ SHUTDOWN_SLACK = 5.0  # seconds past the grace period before the process stops w
 
 
 async def connect(settings: Settings) -> Client:
-    """The one way every process reaches Temporal: same converter everywhere."""
+    """The one way every process reaches Temporal: same converter everywhere, and the
+    tracing interceptor (its workers inherit it); the SDK's Prometheus endpoint when
+    DUNNING_WORKER_METRICS_BIND is set (starter.telemetry)."""
+    telemetry.setup_tracing()
     return await Client.connect(
         settings.temporal_address,
         namespace=settings.temporal_namespace,
         data_converter=pydantic_data_converter,
         tls=settings.temporal_tls,
         api_key=settings.temporal_api_key,
+        interceptors=[telemetry.tracing_interceptor()],
+        runtime=telemetry.temporal_runtime(),
     )
+
+
+def _traced(client: Client) -> bool:
+    return any(isinstance(i, TracingInterceptor) for i in client.config().get("interceptors", ()))
 
 
 def build_worker(client: Client, settings: Settings, store: Store, task_queue: str | None = None) -> Worker:
@@ -68,6 +80,8 @@ def build_worker(client: Client, settings: Settings, store: Store, task_queue: s
         activities=activities,
         activity_executor=concurrent.futures.ThreadPoolExecutor(max_workers=8),
         graceful_shutdown_timeout=timedelta(seconds=settings.shutdown_grace_seconds),
+        # a client from `connect` brings the tracing interceptor; any other gets it here
+        interceptors=[] if _traced(client) else [telemetry.tracing_interceptor()],
     )
 
 
@@ -110,6 +124,12 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
     store = Store.open(settings.db_url)
     try:
         client = await connect(settings)
+        lacking = await search_attributes.missing(client, settings.temporal_namespace)
+        if lacking:  # a campaign would get stuck at the first upsert of one of them
+            raise RuntimeError(
+                f"namespace {settings.temporal_namespace!r} lacks the search attribute(s) {', '.join(lacking)}: "
+                "register them first (`dunning dev` and the compose stack do; see docs/production-temporal.md)"
+            )
         stop = stop or asyncio.Event()
         with stop_on_signals(stop, "worker", settings.shutdown_grace_seconds):
             await serve_worker(client, settings, store, stop)

@@ -26,7 +26,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.campaign import CampaignActivities
     from activities.outbound import OutboundActivities
     from activities.payments import PaymentActivities
-    from dunning import ending, journey
+    from dunning import ending, journey, stage_names
     from dunning.contracts import (
         AttachRequest,
         AttachResult,
@@ -64,6 +64,7 @@ NEEDS_ATTENTION = "needs_attention"
 PATCH_OUTBOX = "outbox-in-store"  # outbound events are enqueued by the store's transactions
 PATCH_SKIPS = "skips-in-ledger"  # skipped actions are recorded in the ledger
 PATCH_REPLAN = "replan-after-late-wake"  # a timer that fired late (an outage): plan again
+PATCH_OUTCOME = "outcome-search-attribute"  # the end is upserted as DunningOutcome
 # A host app that is down for long must not hold the campaign: bounded, then recorded.
 OUTBOUND_TIMEOUT = timedelta(seconds=30)
 OUTBOUND_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=2), maximum_attempts=10)
@@ -174,7 +175,7 @@ class DunningCampaign:
             if isinstance(due, journey.Done):  # pragma: no cover - exhaust always ends first
                 break
             self._state.next_step = NextStep(key=due.key, kind=due.kind, at=due.at)
-            workflow.set_current_details(self._details(journey.describe(due)))
+            workflow.set_current_details(self._details(self._next_words(due)))
             if due.delay > timedelta(0):
                 await self._sleep(due.delay)
             if self._claims:
@@ -460,17 +461,40 @@ class DunningCampaign:
         self._state.entitlement = entitlement
         self._recorded = True
         self._stage(end.outcome)
+        if workflow.patched(PATCH_OUTCOME):  # how it ended, filterable even when the stage is needs_attention
+            workflow.upsert_search_attributes([sa.OUTCOME.value_set(end.outcome)])
         workflow.set_current_details(self._details(self._ended_words(end)))
         await self._emit(end.outcome, {"reason": end.reason[:200], "entitlement": entitlement})
 
-    @staticmethod
-    def _ended_words(end: ending.End) -> str:
+    def _ended_words(self, end: ending.End) -> str:
+        """Current details once ended: the outcome in words (DunningOutcome holds the key)."""
+        said = stage_names.outcome_words(end.outcome)
+        head = f"Campaign ended {said}{'' if said == end.outcome else f' ({end.outcome})'}: {end.reason}."
         if end.outcome == "recovered_after_cancel":
             return (
-                f"Campaign ended recovered_after_cancel: {end.reason}. The payment came after the "
-                "subscription was ended at the provider; the host app should reactivate it."
+                f"{head} The payment came after the subscription was ended at the provider; "
+                "the host app should reactivate it."
             )
-        return f"Campaign ended {end.outcome}: {end.reason}."
+        if end.outcome == "exhausted" and self._state.terminal_action:
+            head += f" Terminal action: {self._state.terminal_action}."
+        if end.outcome != "recovered" and self._state.entitlement != "full":
+            head += f" Entitlement: {self._state.entitlement}."
+        return head
+
+    def _words(self, key: str) -> str:
+        """A stage or action key in words (dunning.stage_names), with this campaign's plan."""
+        policy = self._plan.retry_policies.get(self._situation.decline_class) if self._plan else None
+        return stage_names.words(
+            key,
+            retry_days=policy.days if policy else (),
+            anchor=self._inp.failed_at,
+            day_seconds=self._plan.day_seconds if self._plan else None,
+        )
+
+    def _next_words(self, due: journey.Due) -> str:
+        if due.kind != "retry":
+            return journey.describe(due)
+        return f"Next: {self._words(due.key)}: charge the payment method at {due.at.strftime('%Y-%m-%d %H:%M:%S UTC')}."
 
     async def _emit(self, type_: str, data: dict) -> None:
         if self._plan is not None and not self._plan.outbound:
@@ -493,7 +517,12 @@ class DunningCampaign:
             workflow.logger.error("outbound %s not delivered: %s", type_, err.cause)
 
     def _details(self, text: str) -> str:
-        """Current details for the UI: what happens next, and anything ops must look at."""
+        """Current details for the UI: the stage in words, what happens next (or how it
+        ended), and anything ops must look at."""
+        if not self._recorded:
+            text = f"Stage: {self._words(self._state.stage)}.\n{text}"
+        elif self._attention:
+            text += "\nNEEDS ATTENTION: a permanent failure was recorded (DunningStage = needs_attention)."
         if self._state.steps_unconfirmed:
             text += f"\nUNCONFIRMED (claimed, result not confirmed; not repeated): {', '.join(self._state.steps_unconfirmed)}"
         if self._state.steps_failed:
