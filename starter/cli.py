@@ -158,6 +158,7 @@ def dev() -> None:
 
     settings = settings_or_exit()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("dunning.campaign").setLevel(logging.INFO)  # one line per campaign event, ids only
     run_service(run_dev(settings, api=_api_runner()), errors=(RuntimeError,))
 
 

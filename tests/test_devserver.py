@@ -438,6 +438,11 @@ def test_dunning_dev_then_campaign_start_delivers_to_outbox(tmp_path: Path, spaw
         return state if state["outcome"] == "exhausted" else None
 
     state = wait_until(exhausted, 15, lambda: f"sub_x not exhausted: {status('sub_x')}\n{diagnostics()}", every=0.5)
+    # the terminal running `dunning dev` shows each campaign event in one line, ids only
+    said = [line for line in dev_output().splitlines() if "campaign event=" in line and "subscription=sub_x" in line]
+    for event in ("started", "step_sent", "ended"):
+        assert any(f"event={event} " in line or line.endswith(f"event={event}") for line in said), (event, said)
+    assert not any("x@example.com" in line for line in said)
     assert state["subscription_id"] == "sub_x"
     assert state["stage"] == "exhausted"
     assert state["steps_sent"] == STEPS
