@@ -220,6 +220,7 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=1, le=65535)
     api_token: str | None = None
+    api_docs: Literal["token", "public", "off"] = "token"  # /openapi.json and /docs: behind the token, open, or none
     fake_webhook_secret: str | None = None
     stripe_webhook_secret: Annotated[list[str], NoDecode] = Field(default_factory=list)
     stripe_api_key: str | None = None

@@ -42,8 +42,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Security
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPBearer
 from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
 
 from dunning import text
@@ -52,6 +54,7 @@ from dunning.store import availability, inbox_parking, outbox, recompute_writes
 from dunning.store.entitlements import entitlement_of, requires_attention
 from dunning.store.store import Store
 from starter import recompute, telemetry
+from starter.api_docs import add_docs
 from starter.api_metrics import (
     PROMETHEUS_CONTENT_TYPE,
     WebhookCounter,
@@ -59,6 +62,18 @@ from starter.api_metrics import (
     prometheus_text,
     store_gauges,
     wants_json,
+)
+from starter.api_models import (
+    REASON_BODY,
+    AttentionAnswer,
+    CampaignState,
+    EntitlementAnswer,
+    PaidAnswer,
+    RecoverResult,
+    RepeatedRecompute,
+    Report,
+    WebhookAnswer,
+    answers,
 )
 from starter.api_requests import authorize, check_id, database_down, error, payment_service
 from starter.bad_debt import pay_bad_debt
@@ -68,6 +83,9 @@ from starter.temporal_gate import TemporalGate, TemporalUnavailable, describe_un
 from starter.webhooks import Reply, receive, wall_clock
 
 log = logging.getLogger("dunning.api")
+# documents the bearer token in the OpenAPI schema; the check itself is `authorize` (its
+# refusal is the API's own error body)
+AUTH = [Security(HTTPBearer(auto_error=False, description="DUNNING_API_TOKEN"))]
 
 CHECK_TIMEOUT = 3.0
 
@@ -116,7 +134,8 @@ def create_app(
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
-    app = FastAPI(title="dunning", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="dunning", version="1", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    add_docs(app, settings)
     app.state.settings = settings
     app.state.store = store
     app.state.temporal = gate
@@ -131,6 +150,14 @@ def create_app(
 
     for unavailable in availability.UNAVAILABLE:
         app.add_exception_handler(unavailable, database_unavailable)
+
+    async def bad_parameter(_request: Request, err: Exception) -> JSONResponse:
+        # FastAPI's own checks (e.g. ?dry_run=maybe) answer in the API's error shape, naming the field
+        problems = err.errors() if isinstance(err, RequestValidationError) else []
+        named = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'request'}: {e['msg']}" for e in problems)
+        return error(400, "bad_request", named or "bad request")
+
+    app.add_exception_handler(RequestValidationError, bad_parameter)
 
     # --- webhooks --------------------------------------------------------------------
     async def webhook(provider: str, request: Request) -> JSONResponse:
@@ -148,20 +175,21 @@ def create_app(
         counter.add(provider, reply.outcome, reply.reason, time.perf_counter() - started)
         return _json(reply)
 
-    @app.post("/webhooks/stripe")
+    @app.post("/webhooks/stripe", responses=answers(WebhookAnswer, 400, 413, 503), summary="Stripe webhook (Stripe-Signature)")
     async def stripe_webhook(request: Request) -> JSONResponse:
         return await webhook("stripe", request)
 
-    @app.post("/webhooks/braintree")
+    @app.post("/webhooks/braintree", responses=answers(WebhookAnswer, 400, 413, 503), summary="Braintree webhook (bt_signature, bt_payload)")
     async def braintree_webhook(request: Request) -> JSONResponse:
         return await webhook("braintree", request)
 
-    @app.post("/webhooks/fake")
+    @app.post("/webhooks/fake", responses=answers(WebhookAnswer, 400, 413, 503), summary="Fake provider webhook (X-Dunning-Signature)")
     async def fake_webhook(request: Request) -> JSONResponse:
         return await webhook("fake", request)
 
     # --- payment service -------------------------------------------------------------
-    @app.post("/v1/subscriptions/{subscription_id}/payment-recovered")
+    @app.post("/v1/subscriptions/{subscription_id}/payment-recovered", dependencies=AUTH, openapi_extra=REASON_BODY,
+              responses=answers(RecoverResult, 400, 401, 404, 409, 503), summary="The payment service: a payment came in")
     async def payment_recovered(subscription_id: str, request: Request) -> JSONResponse:
         checked = await payment_service(request, settings, subscription_id, key_required=False)
         if isinstance(checked, JSONResponse):
@@ -177,7 +205,8 @@ def create_app(
 
         return await _with_temporal(gate, subscription_id, call, dispatch_timeout)
 
-    @app.post("/v1/subscriptions/{subscription_id}/pay-bad-debt")
+    @app.post("/v1/subscriptions/{subscription_id}/pay-bad-debt", dependencies=AUTH, openapi_extra=REASON_BODY,
+              responses=answers(PaidAnswer, 400, 401, 402, 404, 409, 502, 503), summary="Pay a bad debt (Idempotency-Key required)")
     async def pay_bad_debt_route(subscription_id: str, request: Request) -> JSONResponse:
         checked = await payment_service(request, settings, subscription_id, key_required=True)
         if isinstance(checked, JSONResponse):
@@ -187,7 +216,9 @@ def create_app(
         answer = await asyncio.to_thread(pay_bad_debt, settings, store, subscription_id, key, reason)
         return JSONResponse(answer.body, status_code=answer.status)
 
-    @app.post("/v1/subscriptions/{subscription_id}/recompute")
+    @app.post("/v1/subscriptions/{subscription_id}/recompute", dependencies=AUTH,
+              responses=answers(Report | RepeatedRecompute, 400, 401, 404, 409, 503),  # type: ignore[arg-type]
+              summary="Recompute a subscription from every store (dry_run=true changes nothing)")
     async def recompute_route(subscription_id: str, request: Request, dry_run: bool = False) -> JSONResponse:
         refused = authorize(request, settings) or check_id(subscription_id)
         if refused is not None:
@@ -214,7 +245,8 @@ def create_app(
 
         return await _with_temporal(gate, subscription_id, call, dispatch_timeout)
 
-    @app.get("/v1/subscriptions/{subscription_id}/campaign")
+    @app.get("/v1/subscriptions/{subscription_id}/campaign", dependencies=AUTH,
+             responses=answers(CampaignState, 400, 401, 404, 409, 503), summary="The latest campaign, running or ended")
     async def campaign(subscription_id: str, request: Request) -> JSONResponse:
         refused = authorize(request, settings) or check_id(subscription_id)
         if refused is not None:
@@ -232,7 +264,8 @@ def create_app(
         return await _with_temporal(gate, subscription_id, call, dispatch_timeout)
 
     # --- host app: reads the store only (no Temporal call, no side effect) -------------
-    @app.get("/v1/customers/{customer_id}/attention")
+    @app.get("/v1/customers/{customer_id}/attention", dependencies=AUTH, responses=answers(AttentionAnswer, 400, 401, 404),
+             summary="Does the customer need attention (store only)")
     async def attention(customer_id: str, request: Request) -> JSONResponse:
         refused = authorize(request, settings) or check_id(customer_id, "customer id")
         if refused is not None:
@@ -250,7 +283,8 @@ def create_app(
             }
         )
 
-    @app.get("/v1/subscriptions/{subscription_id}/entitlement")
+    @app.get("/v1/subscriptions/{subscription_id}/entitlement", dependencies=AUTH,
+             responses=answers(EntitlementAnswer, 400, 401, 404), summary="What the subscription is entitled to (store only)")
     async def entitlement(subscription_id: str, request: Request) -> JSONResponse:
         refused = authorize(request, settings) or check_id(subscription_id)
         if refused is not None:
