@@ -263,6 +263,27 @@ def campaign_status(
     run_client(go())
 
 
+@campaign_app.command("history")
+def campaign_history(
+    subscription: str = typer.Argument(...),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output"),
+) -> None:
+    """Every ledger row of a subscription in words: why each email went out (with its
+    Message-ID), retries, consequences, skips, the end. Reads the database only."""
+    from dunning.store.store import Store
+    from starter.campaign_history import history, render
+
+    settings = settings_or_exit()
+    with Store.open(settings.db_url) as store:
+        lines = history(store.events(subscription))
+    if as_json:
+        typer.echo(json.dumps([line.as_dict() for line in lines], indent=2))
+    elif not lines:
+        fail(f"subscription {subscription!r} has no ledger rows (no campaign ever began)")
+    else:
+        typer.echo(render(lines))
+
+
 def print_state(state, as_json: bool) -> None:
     if as_json:
         typer.echo(state.model_dump_json(indent=2))
