@@ -22,16 +22,15 @@ while one takes long); a retried attempt resumes after the last finished subscri
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel
 from temporalio import activity
 
+from activities.heartbeat import heartbeating
 from dunning.config import Settings
 from dunning.reconcile import Plan
 from dunning.scrub import scrub
@@ -89,13 +88,17 @@ class SweepActivities:
         details = activity.info().heartbeat_details
         done = [SweepItem.model_validate(d) for d in (details[0] if details else [])]
         finished = {item.subscription_id for item in done}
-        async with self._beating(done):
+
+        def progress() -> list[dict]:
+            return [item.model_dump() for item in done]
+
+        async with heartbeating(details=progress):  # also while one subscription takes long
             for sub in ids:
                 if sub in finished:
                     continue
                 await self._pace()
                 done.append(await self._one(sub, sweep_key))
-                activity.heartbeat([item.model_dump() for item in done])
+                activity.heartbeat(progress())
         return done
 
     async def _one(self, sub: str, sweep_key: str) -> SweepItem:
@@ -132,20 +135,3 @@ class SweepActivities:
             if wait > 0:
                 await asyncio.sleep(wait)
             self._next_read = max(self._next_read, loop.time()) + interval
-
-    @contextlib.asynccontextmanager
-    async def _beating(self, done: list[SweepItem]) -> AsyncIterator[None]:
-        """Heartbeat the progress every second while a subscription takes long."""
-
-        async def beat() -> None:
-            while True:
-                activity.heartbeat([item.model_dump() for item in done])
-                await asyncio.sleep(1.0)
-
-        task = asyncio.create_task(beat())
-        try:
-            yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task

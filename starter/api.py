@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 import uuid
@@ -51,7 +52,7 @@ from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
 from dunning import text
 from dunning.config import Settings
 from dunning.store import availability, inbox_parking, outbox, recompute_writes
-from dunning.store.entitlements import entitlement_of, requires_attention
+from dunning.store.entitlements import Entitlement, entitlement_of, requires_attention
 from dunning.store.store import Store
 from starter import recompute, telemetry
 from starter.api_docs import add_docs
@@ -67,7 +68,6 @@ from starter.api_models import (
     REASON_BODY,
     AttentionAnswer,
     CampaignState,
-    EntitlementAnswer,
     PaidAnswer,
     RecoverResult,
     RepeatedRecompute,
@@ -217,7 +217,7 @@ def create_app(
         return JSONResponse(answer.body, status_code=answer.status)
 
     @app.post("/v1/subscriptions/{subscription_id}/recompute", dependencies=AUTH,
-              responses=answers(Report | RepeatedRecompute, 400, 401, 404, 409, 503),  # type: ignore[arg-type]
+              responses=answers(Report | RepeatedRecompute, 400, 401, 404, 409, 503),
               summary="Recompute a subscription from every store (dry_run=true changes nothing)")
     async def recompute_route(subscription_id: str, request: Request, dry_run: bool = False) -> JSONResponse:
         refused = authorize(request, settings) or check_id(subscription_id)
@@ -284,7 +284,7 @@ def create_app(
         )
 
     @app.get("/v1/subscriptions/{subscription_id}/entitlement", dependencies=AUTH,
-             responses=answers(EntitlementAnswer, 400, 401, 404), summary="What the subscription is entitled to (store only)")
+             responses=answers(Entitlement, 400, 401, 404), summary="What the subscription is entitled to (store only)")
     async def entitlement(subscription_id: str, request: Request) -> JSONResponse:
         refused = authorize(request, settings) or check_id(subscription_id)
         if refused is not None:
@@ -292,18 +292,7 @@ def create_app(
         sub = await asyncio.to_thread(entitlement_of, store, subscription_id, settings.attention_message)
         if sub is None:
             return error(404, "unknown_subscription", f"subscription {subscription_id!r} is not known to the engine")
-        return JSONResponse(
-            {
-                "subscription_id": sub.subscription_id,
-                "customer_id": sub.customer_id,
-                "entitlement": sub.entitlement,
-                "status": sub.status,
-                "in_dunning": sub.in_dunning,
-                "requires_attention": sub.requires_attention,
-                "message": sub.message,
-                "last_outcome": sub.last_outcome,
-            }
-        )
+        return JSONResponse(dataclasses.asdict(sub))
 
     # --- operations ------------------------------------------------------------------
     @app.get("/healthz")

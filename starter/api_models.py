@@ -51,17 +51,6 @@ class AttentionAnswer(BaseModel):
     subscriptions: list[str]
 
 
-class EntitlementAnswer(BaseModel):
-    subscription_id: str
-    customer_id: str
-    entitlement: str
-    status: str
-    in_dunning: bool
-    requires_attention: bool
-    message: str | None
-    last_outcome: str | None
-
-
 class WebhookAnswer(BaseModel):
     status: str
     action: str | None = None
@@ -72,7 +61,8 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorBody} for code in codes}
 
 
-def answers(model: type[BaseModel], *codes: int) -> dict[int | str, dict[str, Any]]:
+def answers(model: Any, *codes: int) -> dict[int | str, dict[str, Any]]:
+    """A route's answers for the schema: `model` (a pydantic model, dataclass or union) on 200, errors on `codes`."""
     return {200: {"model": model}, **errors(*codes)}
 
 

@@ -27,20 +27,16 @@ def pay(
 ) -> None:
     """Charge a subscription's bad debt once: only in bad debt, never while a payment is in
     flight or a campaign runs; on success it leaves bad debt (entitlement full, active)."""
-    from dunning.config import ConfigError, load_settings
     from dunning.store import availability
     from dunning.store.store import Store
     from starter.bad_debt import pay_bad_debt
+    from starter.cli import settings_or_exit
 
     try:
         reasons.check(reason)
     except ValueError as err:
         raise typer.BadParameter(str(err), param_hint="--reason") from None
-    try:
-        settings = load_settings()
-    except ConfigError as err:
-        typer.echo(str(err), err=True)
-        raise typer.Exit(2) from None
+    settings = settings_or_exit()
     store = Store(settings.db_url)
     try:
         with store:

@@ -43,9 +43,9 @@ def report_command(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output"),
 ) -> None:  # fmt: skip
     """Recovered vs lost: recovery rate, amounts per currency, days to recovery, splits."""
-    from dunning.config import ConfigError, load_settings
     from dunning.store.ledger_analytics import recovered_vs_lost
     from dunning.store.store import Store
+    from starter.cli import settings_or_exit
     from starter.cli_simulate import parse_aware_time
     from starter.report_html import write
 
@@ -54,11 +54,7 @@ def report_command(
     if start >= end:
         typer.echo(f"error: --since {start.isoformat()} must be before --until {end.isoformat()}", err=True)
         raise typer.Exit(2)
-    try:
-        settings = load_settings()
-    except ConfigError as err:
-        typer.echo(str(err), err=True)
-        raise typer.Exit(2) from None
+    settings = settings_or_exit()
     with Store.open(settings.db_url) as store:
         found = recovered_vs_lost(store, start, end)
     if html is not None:

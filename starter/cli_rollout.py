@@ -18,18 +18,14 @@ def report(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output"),
 ) -> None:
     """Shadow decisions against what the provider saw: false positives before going live."""
-    from dunning.config import ConfigError, load_settings
     from dunning.rollout_report import render
     from dunning.store.store import Store
+    from starter.cli import settings_or_exit
     from starter.cli_simulate import parse_aware_time
     from starter.rollout_report import gather
 
     start = parse_aware_time(since, "--since")
-    try:
-        settings = load_settings()
-    except ConfigError as err:
-        typer.echo(str(err), err=True)
-        raise typer.Exit(2) from None
+    settings = settings_or_exit()
     with Store.open(settings.db_url) as store:
         found = gather(settings, store, start, limit)
     typer.echo(json.dumps(found.as_dict(), indent=2) if as_json else render(found))

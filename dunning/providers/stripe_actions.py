@@ -17,7 +17,7 @@ engine asked for, so it is a success.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import stripe
 
@@ -44,14 +44,17 @@ def provider_error(err: stripe.StripeError, what: str) -> ProviderError:
     )
 
 
-class StripeActions:
+class StripeCalls:
+    """A Stripe client and its error mapping, shared by the actions and the reads
+    (dunning.providers.stripe_reads)."""
+
     name = PROVIDER
 
     def __init__(self, api: StripeProvider) -> None:
         self.api = api
 
     @classmethod
-    def from_settings(cls, settings: Settings, **kwargs: Any) -> StripeActions:
+    def from_settings(cls, settings: Settings, **kwargs: Any) -> Self:
         return cls(StripeProvider.from_settings(settings, **kwargs))
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
@@ -59,6 +62,9 @@ class StripeActions:
             return fn()
         except stripe.StripeError as err:
             raise provider_error(err, what) from err
+
+
+class StripeActions(StripeCalls):
 
     def _refused(self, what: str, err: stripe.StripeError, state: Callable[[], str | None], wanted: str) -> str:
         """After a 400/404 refusal: `wanted` if the object is already in that state, else the error."""

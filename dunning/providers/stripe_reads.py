@@ -32,20 +32,15 @@ unknown subscription is not retryable).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
 import stripe
 
-from dunning.providers.stripe import PROVIDER, Json, StripeProvider, _get, _id, _int, _ts
-from dunning.providers.stripe_actions import provider_error
+from dunning.providers.stripe import Json, _get, _id, _int, _ts
+from dunning.providers.stripe_actions import StripeCalls
 from dunning.reconcile import ProviderView
 
-if TYPE_CHECKING:
-    from dunning.config import Settings
-
-T = TypeVar("T")
 INVOICE_STATES = frozenset({"draft", "open", "paid", "void", "uncollectible"})
 
 
@@ -68,21 +63,8 @@ def _payment_intent(invoice: Json) -> Any:
     return _get(newest, "payment", "payment_intent")
 
 
-class StripeReads:
-    name = PROVIDER
-
-    def __init__(self, api: StripeProvider) -> None:
-        self.api = api
-
-    @classmethod
-    def from_settings(cls, settings: Settings, **kwargs: Any) -> StripeReads:
-        return cls(StripeProvider.from_settings(settings, **kwargs))
-
-    def _call(self, what: str, fn: Callable[[], T]) -> T:
-        try:
-            return fn()
-        except stripe.StripeError as err:
-            raise provider_error(err, what) from err
+class StripeReads(StripeCalls):
+    """Reads only: `read_subscription` (GET requests)."""
 
     def read_subscription(self, subscription_id: str) -> ProviderView:
         client = self.api.client
