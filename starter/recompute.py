@@ -47,8 +47,9 @@ from dunning.reconcile import (
     reconcile,
 )
 from dunning.scrub import scrub
+from dunning.store import stuck
 from dunning.store.recompute_writes import Changed, write_plan
-from dunning.store.store import Store
+from dunning.store.store import Store, Subscription
 
 if TYPE_CHECKING:
     from starter.client import DunningClient
@@ -61,6 +62,16 @@ Source = Literal["support", "sweep"]
 
 class UnknownSubscription(LookupError):
     """Neither the engine nor the caller names the subscription's provider."""
+
+
+def _provider_name(subscription_id: str, row: Subscription | None, provider: str | None) -> str:
+    """The engine's provider for a known subscription; the caller's for one it never saw."""
+    name = (row.provider if row else None) or provider
+    if name is None:
+        raise UnknownSubscription(
+            f"subscription {subscription_id!r} is unknown to the engine: name its provider (--provider)"
+        )
+    return name
 
 
 class Applied(BaseModel):
@@ -107,11 +118,7 @@ async def observe(
     from starter.client import UnknownSubscription as NoCampaign
 
     row = await asyncio.to_thread(store.get_subscription, subscription_id)
-    name = (row.provider if row else None) or provider
-    if name is None:
-        raise UnknownSubscription(
-            f"subscription {subscription_id!r} is unknown to the engine: name its provider (--provider)"
-        )
+    name = _provider_name(subscription_id, row, provider)
     provider_view, provider_error = None, None
     try:
         reader = reader_for(name, client.settings, store)
@@ -125,6 +132,14 @@ async def observe(
         pass
     except RuntimeError as err:  # terminated or failed: not running, no result to read
         campaign_error = scrub(str(err), 300)
+    # an engine retry claimed and not yet answered is a payment in flight, as a processing one is
+    charging = await asyncio.to_thread(stuck.retry_claimed_at, store, subscription_id)
+    if charging is not None and campaign is not None:
+        started = max(t for t in (campaign.payment_started_at, charging) if t is not None)
+        campaign = campaign.model_copy(update={"payment_started_at": started})
+    elif charging is not None and provider_view is not None:
+        started = max(t for t in (provider_view.payment_started_at, charging) if t is not None)
+        provider_view = provider_view.model_copy(update={"payment_started_at": started})
     events = await asyncio.to_thread(store.events, subscription_id)
     ledger = tuple(
         LedgerEntry(type=e.type, campaign_started_at=e.campaign_started_at, occurred_at=e.occurred_at)
@@ -257,11 +272,7 @@ async def request(
     from starter.dispatch import receive_event
 
     row = await asyncio.to_thread(store.get_subscription, subscription_id)
-    name = (row.provider if row else None) or provider
-    if name is None:
-        raise UnknownSubscription(
-            f"subscription {subscription_id!r} is unknown to the engine: name its provider (--provider)"
-        )
+    name = _provider_name(subscription_id, row, provider)
     kind = EventKind.drift_detected if source == "sweep" else EventKind.recompute_requested
     event = BillingEvent(
         provider=name, event_id=f"{kind.value}:{key}"[:255], event_type=kind.value, kind=kind,  # type: ignore[arg-type]

@@ -258,3 +258,43 @@ async def test_the_cli_shows_then_fixes(tenv, dunning: SkippingDunningClient, st
     assert "status: applied" in out and entitlement_of(store, sub, "m").entitlement == "full"  # type: ignore[union-attr]
     code, out = await run(sub, "--provider", "paypal")
     assert code == 2 and "paypal" in out
+
+
+async def test_recompute_while_the_engine_charges_waits_for_the_answer(tenv, settings, store: Store, new_sub,
+                                                                       monkeypatch) -> None:  # fmt: skip
+    """The provider shows the invoice paid while the engine's own retry is at the provider
+    (claimed, no answer yet): recompute changes nothing until that charge answers, then
+    the campaign ends by the charge's own result, with one charge and no drift repair."""
+    import threading
+
+    from dunning.providers.fake_actions import FakeProvider
+    from starter.client import DunningClient
+
+    entered, release = threading.Event(), threading.Event()
+    charge = FakeProvider.retry_charge
+
+    def held(self, *args, **kwargs):
+        entered.set()
+        release.wait(20)
+        return charge(self, *args, **kwargs)
+
+    monkeypatch.setattr(FakeProvider, "retry_charge", held)
+    async with running_worker(tenv, settings, store) as client:
+        sub = new_sub("rc_charging")
+        await _past_due(client, store, sub)
+        fake_state.set_card(store.engine, sub, "succeed")
+        ended = asyncio.create_task(client._handle(sub).result())  # time skips to the day-1 retry
+        assert await asyncio.to_thread(entered.wait, 20), "the retry never reached the provider"
+        fake_account.update(store.engine, sub, await client.now(), status="active", invoice_state="paid")
+        wall = DunningClient(tenv.client, store, settings)  # the claim is stamped with the wall clock
+        try:
+            _, report, _ = await recompute.request(store, wall, sub, "while-charging")
+        finally:
+            release.set()
+        assert report is not None and report.status == "deferred" and report.plan.actions == ()
+        assert report.plan.deferred and "in-flight window" in report.plan.deferred
+        assert [a.kind for a in report.plan.withheld][0] == "end_campaign"
+        state = await ended
+    assert state.outcome == "recovered" and state.retries[-1].outcome == "succeeded"
+    assert [c.action for c in fake_state.calls(store.engine, sub)] == ["charge"]
+    assert ledger(store, sub, DRIFT) == []

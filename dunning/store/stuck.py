@@ -141,3 +141,14 @@ def stuck(store: Store, window: timedelta, now: datetime, limit: int = 50) -> St
         parked_n, parked = _parked(conn, limit)
     payments.sort(key=lambda p: (p.since, p.subscription_id, p.key))
     return Stuck(total, tuple(payments[:limit]), steps_n, tuple(steps), parked_n, tuple(parked))
+
+
+def retry_claimed_at(store: Store, subscription_id: str) -> datetime | None:
+    """When the subscription's newest engine retry still without an answer was claimed:
+    a charge that may be under way at the provider right now (recompute's in-flight guard)."""
+    d = step_deliveries.c
+    query = select(func.max(d.claimed_at)).where(
+        d.subscription_id == subscription_id, d.state == "claimed", d.step_key.like(RETRY_KEYS)
+    )
+    with store.engine.execution_options(**{_READ: True}).connect() as conn:
+        return conn.execute(query).scalar_one_or_none()
