@@ -72,10 +72,8 @@ class CampaignActivities:
         was written by the billing event that started the campaign, not here."""
 
         # the rollout gate is read here, once: its answer is in the history with the plan, so
-        # changing the gate never changes a running campaign. Out of the slice by now (the
-        # gate was narrowed after dispatch started it): shadow, never live.
-        gate = rollout.mode_for(self.settings.rollout, inp.subscription_id, inp.customer_id)
-        mode = "live" if gate == "live" else "shadow"
+        # changing the gate never changes a running campaign
+        mode = rollout.campaign_mode(self.settings.rollout, inp.subscription_id, inp.customer_id)
         outbound = bool(self.settings.outbound_urls)
         await asyncio.to_thread(campaign_writes.begin_campaign, self.store, inp, at, outbound, mode == "shadow")
         campaign_event("started", inp.subscription_id, inp.failed_at, provider=inp.provider, mode=mode)

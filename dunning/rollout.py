@@ -55,3 +55,9 @@ def in_slice(gate: RolloutSettings, subscription_id: str, customer_id: str | Non
 def mode_for(gate: RolloutSettings, subscription_id: str, customer_id: str | None = None) -> Mode:
     """The mode this subscription's campaign runs in."""
     return gate.mode if in_slice(gate, subscription_id, customer_id) else "off"
+
+
+def campaign_mode(gate: RolloutSettings, subscription_id: str, customer_id: str | None = None) -> Literal["live", "shadow"]:
+    """The mode a campaign that has begun runs in. Out of the slice by now (the gate was
+    narrowed after the campaign was started): shadow, never live."""
+    return "live" if mode_for(gate, subscription_id, customer_id) == "live" else "shadow"

@@ -76,3 +76,13 @@ async def test_live_for_a_50_percent_slice_starts_campaigns_only_for_the_same_st
         assert running == (s in inside), s
     for s in inside:
         await dunning.payment_recovered(s)
+
+
+def test_a_begun_campaign_runs_live_only_inside_a_live_slice():
+    from dunning.rollout import campaign_mode
+
+    assert campaign_mode(RolloutSettings(mode="live"), "sub_a") == "live"
+    assert campaign_mode(RolloutSettings(mode="shadow"), "sub_a") == "shadow"
+    # narrowed after the start: the campaign that began never acts live
+    assert campaign_mode(RolloutSettings(mode="live", percent=0), "sub_a") == "shadow"
+    assert campaign_mode(RolloutSettings(mode="off"), "sub_a") == "shadow"
