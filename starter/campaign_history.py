@@ -68,11 +68,13 @@ def explain(e: LedgerEvent) -> tuple[str, str]:
     return e.type, ""
 
 
-def history(events: list[LedgerEvent]) -> list[Line]:
+def history(events: list[LedgerEvent], day_seconds: float = 86400) -> list[Line]:
+    """`day`: the campaign's day of each row, in the engine's days (`day_seconds`, shorter
+    with DUNNING_DAY_SECONDS on a dev stack)."""
     out = []
     for e in events:
         what, why = explain(e)
-        day = round((e.occurred_at - e.campaign_started_at).total_seconds() / 86400, 2)
+        day = round((e.occurred_at - e.campaign_started_at).total_seconds() / day_seconds, 2)
         out.append(Line(at=e.occurred_at.isoformat(timespec="seconds"), day=day,
                         campaign=e.campaign_started_at.isoformat(timespec="seconds"), what=what, why=why,
                         message_id=(e.data or {}).get("message_id") if e.type == "dunning.step_sent" else None))  # fmt: skip

@@ -275,7 +275,7 @@ def campaign_history(
 
     settings = settings_or_exit()
     with Store.open(settings.db_url) as store:
-        lines = history(store.events(subscription))
+        lines = history(store.events(subscription), settings.day_seconds)
     if as_json:
         typer.echo(json.dumps([line.as_dict() for line in lines], indent=2))
     elif not lines:

@@ -45,3 +45,14 @@ async def test_every_email_the_customer_got_is_explained(tenv, settings, store, 
     assert [r["message_id"] for r in rows if "message_id" in r] == received
     none = CliRunner().invoke(app, ["campaign", "history", "sub_never"])
     assert none.exit_code == 1 and "no ledger rows" in none.output
+
+
+def test_days_are_the_engines_days() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from dunning.store.store import LedgerEvent
+
+    t0 = datetime(2026, 11, 1, tzinfo=UTC)
+    sent = LedgerEvent("dunning.step_sent", "s", "c", t0, "reminder", {"message_id": "<m@x>"}, t0 + timedelta(seconds=10))
+    assert history([sent], day_seconds=2)[0].day == 5  # a dev stack's 2-second days
+    assert history([sent])[0].day == round(10 / 86400, 2)
