@@ -127,6 +127,11 @@ class CampaignSettings(BaseModel):
     retries: dict[str, RetryPolicy] = Field(default_factory=default_retry_policies)
     consequences: list[ConsequenceRule] = Field(default_factory=default_ladder)
     providers: dict[str, ProviderPolicy] = Field(default_factory=default_providers)
+    # Lateness (real seconds) that is the engine's own, never an outage: a busy worker or a
+    # timer is late by seconds. Within it a due action is performed as on time (no catch-up
+    # rule skips it); beyond it (or 1% of a day, whichever is longer) the catch-up rules of
+    # dunning.journey apply.
+    late_tolerance_seconds: float = Field(default=300, ge=0)
 
     @model_validator(mode="after")
     def _cadence(self) -> CampaignSettings:
@@ -239,6 +244,12 @@ class Settings(BaseSettings):
     event_horizon_days: float = Field(default=90, gt=0)
     inbox_park_after: int = Field(default=5, ge=1)  # failed dispatches before an inbox row is parked
     shutdown_grace_seconds: float = Field(default=20, ge=0)  # SIGTERM: finish or hand back in-flight work
+    # worker sizing (docs/capacity.md): campaigns kept in memory between their workflow tasks
+    # (a campaign evicted from the cache is replayed from its history when it next wakes),
+    # activities run at once, and threads for the store's blocking calls
+    worker_max_cached_workflows: int = Field(default=2000, ge=0)
+    worker_max_concurrent_activities: int = Field(default=64, ge=1)
+    worker_db_threads: int = Field(default=8, ge=1, le=256)
 
     @field_validator("campaign", mode="before")
     @classmethod
@@ -312,6 +323,7 @@ class Settings(BaseSettings):
             ladder=self.campaign.consequences,
             on_exhaustion=policy.on_exhaustion,
             outbound=bool(self.outbound_urls),
+            late_tolerance_seconds=self.campaign.late_tolerance_seconds,
         )
 
 

@@ -64,6 +64,9 @@ class CampaignPlan(BaseModel):
     # the rollout gate, read once when the campaign begins (dunning.rollout): a shadow
     # campaign records what it would do (dunning.shadow_action) and does none of it
     mode: Literal["live", "shadow"] = "live"
+    # lateness that is the engine's own (campaign.late_tolerance_seconds); 0 in the plans of
+    # runs begun before it, which replay as they ran
+    late_tolerance_seconds: float = 0
 
 
 class CampaignInput(BaseModel):
@@ -81,6 +84,17 @@ class CampaignInput(BaseModel):
     # This run only records a payment that arrived after the exhausted campaign begun at
     # `failed_at` had its terminal action run (ends recovered_after_cancel at once).
     after_cancel: bool = False
+    # The run's command shape, chosen by the starter and kept in the run's history, so a
+    # run always replays as it began: 1 = every store step an activity (runs started before
+    # shape 2); 2 = store-only steps as local activities and one upsert at the end
+    # (workflows.campaign.LEAN_SHAPE).
+    shape: int = 1
+    # The failure that started this run, applied as it begins (as `attach` applies it to a
+    # run that is already going). Ids and bounded values only: BillingEvent.for_workflow().
+    event: BillingEvent | None = None
+
+
+CURRENT_SHAPE = 2
 
 
 class StepRequest(BaseModel):

@@ -154,17 +154,31 @@ def next_action(
 # grace period): one that would leave the customer less than half of min(one day, the
 # notice the plan gave it) is skipped (SKIP_NOTICE_TOO_SHORT; SKIP_DEADLINE_PASSED once
 # the end has passed); the exhaustion follows and the host app is told. An email on time
-# (or late by less than ON_TIME of a day: timers are never exact) is never skipped.
+# (or late by less than ON_TIME of a day: timers are never exact; or by no more than the
+# plan's late_tolerance_seconds: the engine's own lateness under load) is never skipped.
 SKIP_SUPERSEDED = "superseded_by_later"
 SKIP_DEADLINE_PASSED = "deadline_passed"
 SKIP_NOTICE_TOO_SHORT = "notice_too_short"
 ON_TIME = 0.01  # of a day
 
 
+def on_time_within(plan: CampaignPlan) -> timedelta:
+    """Lateness that counts as on time: 1% of a day, or the engine's own lateness
+    (`late_tolerance_seconds`), whichever is longer."""
+    return max(timedelta(seconds=plan.day_seconds) * ON_TIME, timedelta(seconds=plan.late_tolerance_seconds))
+
+
+def planning_now(plan: CampaignPlan, now: datetime) -> datetime:
+    """The clock the catch-up rules read: `now` less the engine's own lateness, so that an
+    action is superseded only by a later one that was due before the engine could be busy
+    (an outage), never by one that fell due while a busy worker was catching up."""
+    return now - timedelta(seconds=plan.late_tolerance_seconds)
+
+
 def skip_reason(due: Due, now: datetime, plan: CampaignPlan, anchor: datetime) -> str | None:
     """Why the due action must not be performed now (None: perform it, maybe late)."""
     day = timedelta(seconds=plan.day_seconds)
-    if due.kind != "email" or now - due.at <= day * ON_TIME:
+    if due.kind != "email" or now - due.at <= on_time_within(plan):
         return None
     end = boundary(anchor, plan.grace_days, plan.day_seconds)
     if now >= end:

@@ -3,7 +3,8 @@ one): `python -m tests.record_history v3` writes v3_*.json. Keep older versions'
 while a campaign started by that code can still be running: they prove it still replays.
 Each is a campaign on the time-skipping server, written as the JSON the Temporal UI and
 CLI export, together covering signals, Updates, consequences and a superseded effect.
-v4: the outbox and ledger-skip patches; v5: the end upserted as DunningOutcome."""
+v4: the outbox and ledger-skip patches; v5: the end upserted as DunningOutcome; v6: shape 2
+(store-only steps as local activities, one upsert at the end, no patch markers)."""
 
 import asyncio
 import json

@@ -113,6 +113,7 @@ OUTAGE_CONFIG = f"""
 day_seconds = {GAP_DAY}
 [campaign]
 grace_days = 8
+late_tolerance_seconds = 1  # an outage of days, on 3-second days: beyond the engine's own lateness
 steps = [
 {emails(0, 2, 4)}
 ]
@@ -212,6 +213,7 @@ EMAILS_ONLY = f"""
 day_seconds = {GAP_DAY}
 [campaign]
 grace_days = 8
+late_tolerance_seconds = 1  # an outage of days, on 3-second days: beyond the engine's own lateness
 steps = [
 {emails(0, 1, 2)}
 ]

@@ -157,3 +157,34 @@ def test_retries_and_rungs_are_never_skipped_by_the_notice_rule():
     for due in (Due("retry@7d", "retry", boundary(A, 7, 86400), timedelta(0)),
                 Due("level:suspended@10d", "consequence", boundary(A, 10, 86400), timedelta(0), (), "suspended")):
         assert journey.skip_reason(due, late, CATCH_PLAN, A) is None
+
+
+# --- the engine's own lateness (a busy worker) is never an outage --------------------------
+FAST = CATCH_PLAN.model_copy(update={"day_seconds": 1.0, "late_tolerance_seconds": 30})
+
+
+@pytest.mark.parametrize("late_seconds", [0.5, 6, 29])
+def test_lateness_within_the_tolerance_skips_nothing_even_on_one_second_days(late_seconds):
+    """A saturated worker, 1-second days: the final notice due on day 12 runs late by
+    `late_seconds` (past the grace period end at 29 s). Within the tolerance it is sent."""
+    due = Due("final_notice", "email", boundary(A, 12, 1.0), timedelta(0), (), "final_notice")
+    now = boundary(A, 12, 1.0) + timedelta(seconds=late_seconds)
+    assert journey.skip_reason(due, now, FAST, A) is None
+    untolerant = journey.skip_reason(due, now, FAST.model_copy(update={"late_tolerance_seconds": 0}), A)
+    assert untolerant == (None if late_seconds < 1.5 else journey.SKIP_DEADLINE_PASSED)
+
+
+def test_a_later_step_supersedes_only_when_it_was_due_beyond_the_tolerance():
+    """After the first notice a busy engine comes back 7 s (7 days) late: the reminder, due
+    at 5 s, fell due while it was busy, so it is sent, not superseded by the final notice.
+    An outage beyond the tolerance (40 s) supersedes as before."""
+    handled = {"first_notice"}
+    busy = boundary(A, 12.5, 1.0)  # final notice (12 s) due 0.5 s ago, reminder 7.5 s ago
+    emails = FAST  # no retries, no ladder: the email lane alone
+    got = next_action(emails, A, busy, handled)
+    assert isinstance(got, Due) and (got.key, got.skipped) == ("final_notice", ("reminder",))  # the raw clock
+    got = next_action(emails, A, journey.planning_now(emails, busy), handled)
+    assert isinstance(got, Due) and (got.key, got.skipped) == ("reminder", ())
+    outage = boundary(A, 12, 1.0) + timedelta(seconds=40)
+    got = next_action(emails, A, journey.planning_now(emails, outage), handled)
+    assert isinstance(got, Due) and (got.key, got.skipped) == ("final_notice", ("reminder",))

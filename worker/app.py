@@ -78,16 +78,26 @@ def build_worker(client: Client, settings: Settings, store: Store, task_queue: s
         task_queue=task_queue or settings.temporal_task_queue,
         workflows=[DunningCampaign, DriftSweep],
         activities=activities,
-        activity_executor=concurrent.futures.ThreadPoolExecutor(max_workers=8),
+        # every activity is async; the store's blocking calls run on the loop's default
+        # executor, sized by `worker_db_threads` (serve_worker)
+        max_cached_workflows=settings.worker_max_cached_workflows,
+        max_concurrent_activities=settings.worker_max_concurrent_activities,
         graceful_shutdown_timeout=timedelta(seconds=settings.shutdown_grace_seconds),
         # a client from `connect` brings the tracing interceptor; any other gets it here
         interceptors=[] if _traced(client) else [telemetry.tracing_interceptor()],
     )
 
 
+def size_db_threads(settings: Settings) -> None:
+    """The thread pool `asyncio.to_thread` uses for the store's blocking calls."""
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=settings.worker_db_threads, thread_name_prefix="dunning-db")
+    asyncio.get_running_loop().set_default_executor(pool)
+
+
 async def serve_worker(client: Client, settings: Settings, store: Store, stop: asyncio.Event) -> None:
     """Run the worker, and the outbox deliverer when outbound URLs are configured, until
     `stop` is set (or the worker fails: that error is raised after the stop)."""
+    size_db_threads(settings)
     worker = build_worker(client, settings, store)
     deliverer_stop = asyncio.Event()
     tasks = [asyncio.create_task(worker.run(), name="dunning-worker")]

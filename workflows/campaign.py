@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import datetime, timedelta
+from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -65,6 +66,12 @@ PATCH_OUTBOX = "outbox-in-store"  # outbound events are enqueued by the store's 
 PATCH_SKIPS = "skips-in-ledger"  # skipped actions are recorded in the ledger
 PATCH_REPLAN = "replan-after-late-wake"  # a timer that fired late (an outage): plan again
 PATCH_OUTCOME = "outcome-search-attribute"  # the end is upserted as DunningOutcome
+# A run started with `shape` >= 2 (not a patch: a patch marker costs an event and an upsert
+# of TemporalChangeVersion): bookkeeping that only touches the store (begin, consequence,
+# skips, shadow, finish) runs as local activities, with no task round trip through the
+# server; the end's stage and outcome are one upsert; every patch above is in force
+# without a marker of its own.
+LEAN_SHAPE = 2
 # A host app that is down for long must not hold the campaign: bounded, then recorded.
 OUTBOUND_TIMEOUT = timedelta(seconds=30)
 OUTBOUND_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=2), maximum_attempts=10)
@@ -98,6 +105,9 @@ class DunningCampaign:
         self._changed = False  # a billing event changed the situation: plan again
         self._attention = False  # a permanent failure: DunningStage stays needs_attention
         self._first_sent_at: datetime | None = None  # when this campaign's first email went out
+        self._lean = inp.shape >= LEAN_SHAPE
+        if inp.event is not None:  # started with its failure (the dispatcher's plain start)
+            self.billing_event(inp.event)
 
     # --- messages --------------------------------------------------------------------
     def _claim(self, kind: ending.ClaimKind, reason: str, resolution: str = "", inferred: bool = False) -> None:
@@ -162,30 +172,30 @@ class DunningCampaign:
         if inp.after_cancel:
             return await self._after_cancel(inp)
         anchor = inp.failed_at
-        plan = await workflow.execute_activity_method(
-            CampaignActivities.begin_campaign, args=[inp, workflow.now()], start_to_close_timeout=TIMEOUT, retry_policy=RETRY
-        )
+        plan = await self._bookkeeping(CampaignActivities.begin_campaign, inp, workflow.now())
         self._plan = plan
         self._stage("pending")
         await self._emit("campaign_started", {"provider": inp.provider})
         handled: set[str] = set()
         while not self._claims:
             self._changed = False
-            due = journey.next_action(plan, anchor, workflow.now(), handled, self._situation)
+            # catch-up rules read the clock less the engine's own lateness (journey.planning_now)
+            due = journey.next_action(plan, anchor, journey.planning_now(plan, workflow.now()), handled, self._situation)
             if isinstance(due, journey.Done):  # pragma: no cover - exhaust always ends first
                 break
             self._state.next_step = NextStep(key=due.key, kind=due.kind, at=due.at)
             workflow.set_current_details(self._details(self._next_words(due)))
-            if due.delay > timedelta(0):
-                await self._sleep(due.delay)
+            if due.at > workflow.now():
+                await self._sleep(due.at - workflow.now())
             if self._claims:
                 break
             if self._changed:  # a billing event changed what is due: plan again
                 continue
-            if workflow.now() > due.at and workflow.patched(PATCH_REPLAN):
+            if workflow.now() - due.at > timedelta(seconds=plan.late_tolerance_seconds) and self._patched(PATCH_REPLAN):
                 # woke late (worker or Temporal down): more may be due than what we slept for
-                now_due = journey.next_action(plan, anchor, workflow.now(), handled, self._situation)
-                if isinstance(now_due, journey.Due):
+                now = journey.planning_now(plan, workflow.now())
+                now_due = journey.next_action(plan, anchor, now, handled, self._situation)
+                if isinstance(now_due, journey.Due) and now_due.at <= workflow.now():
                     due = now_due
             handled.update(due.skipped)
             if due.kind == "email":  # skipped keys come from the due action's own lane
@@ -225,9 +235,8 @@ class DunningCampaign:
     async def _after_cancel(self, inp: CampaignInput) -> CampaignState:
         """A payment after the exhausted campaign begun at `inp.failed_at` was cancelled at
         the provider: record it for that identity, so the host can reactivate."""
-        self._plan = await workflow.execute_activity_method(  # the identity's plan (its ledger row exists)
-            CampaignActivities.begin_campaign, args=[inp, workflow.now()], start_to_close_timeout=TIMEOUT, retry_policy=RETRY
-        )
+        # the identity's plan (its ledger row exists)
+        self._plan = await self._bookkeeping(CampaignActivities.begin_campaign, inp, workflow.now())
         self._final = ending.End("exhausted", EXHAUSTED_REASON)
         self._recorded = True
         self._state.outcome = "exhausted"
@@ -236,7 +245,7 @@ class DunningCampaign:
         return await self._settle(inp)
 
     async def _record_skipped(self, inp: CampaignInput, keys: list[str], reason: str) -> None:
-        if not keys or not workflow.patched(PATCH_SKIPS):
+        if not keys or not self._patched(PATCH_SKIPS):
             return
         skipped = SkippedActions(
             subscription_id=inp.subscription_id,
@@ -246,9 +255,7 @@ class DunningCampaign:
             reason=reason,
             at=workflow.now(),
         )
-        await workflow.execute_activity_method(
-            CampaignActivities.record_skipped, skipped, start_to_close_timeout=TIMEOUT, retry_policy=RETRY
-        )
+        await self._bookkeeping(CampaignActivities.record_skipped, skipped)
 
     def _needs_attention(self, what: str, err: ActivityError) -> None:
         """A permanent failure (recorded in the ledger by the activity): visible and
@@ -367,9 +374,7 @@ class DunningCampaign:
             at=workflow.now(),
             scheduled_at=due.at,
         )
-        outcome = await workflow.execute_activity_method(
-            CampaignActivities.change_entitlement, change, start_to_close_timeout=TIMEOUT, retry_policy=RETRY
-        )
+        outcome = await self._bookkeeping(CampaignActivities.change_entitlement, change)
         if outcome.status == "superseded":
             self._superseded(outcome.superseded)
             return
@@ -416,9 +421,7 @@ class DunningCampaign:
             key=due.key, action=kinds.get(due.kind, "email"), detail=due.detail or "",  # type: ignore[arg-type]
             at=workflow.now(), scheduled_at=due.at,
         )  # fmt: skip
-        outcome = await workflow.execute_activity_method(
-            CampaignActivities.record_shadow_action, action, start_to_close_timeout=TIMEOUT, retry_policy=RETRY
-        )
+        outcome = await self._bookkeeping(CampaignActivities.record_shadow_action, action)
         if outcome.status == "superseded":
             self._superseded(outcome.superseded)
             return
@@ -436,7 +439,7 @@ class DunningCampaign:
 
     async def _finish(self, inp: CampaignInput, end: ending.End) -> None:
         plan = self._plan
-        entitlement = await workflow.execute_activity_method(
+        entitlement = await self._bookkeeping(
             CampaignActivities.finish_campaign,
             CampaignEnd(
                 subscription_id=inp.subscription_id,
@@ -451,8 +454,6 @@ class DunningCampaign:
                 plan_id=inp.plan_id,
                 shadow=plan is not None and plan.mode == "shadow",
             ),
-            start_to_close_timeout=TIMEOUT,
-            retry_policy=RETRY,
         )
         self._state.outcome = end.outcome
         self._state.reason = end.reason
@@ -460,9 +461,13 @@ class DunningCampaign:
         self._state.ended_at = workflow.now()
         self._state.entitlement = entitlement
         self._recorded = True
-        self._stage(end.outcome)
-        if workflow.patched(PATCH_OUTCOME):  # how it ended, filterable even when the stage is needs_attention
-            workflow.upsert_search_attributes([sa.OUTCOME.value_set(end.outcome)])
+        # how it ended (DunningOutcome), filterable even when the stage is needs_attention
+        if self._lean:
+            self._stage(end.outcome, [sa.OUTCOME.value_set(end.outcome)])
+        else:
+            self._stage(end.outcome)
+            if workflow.patched(PATCH_OUTCOME):
+                workflow.upsert_search_attributes([sa.OUTCOME.value_set(end.outcome)])
         workflow.set_current_details(self._details(self._ended_words(end)))
         await self._emit(end.outcome, {"reason": end.reason[:200], "entitlement": entitlement})
 
@@ -499,7 +504,7 @@ class DunningCampaign:
     async def _emit(self, type_: str, data: dict) -> None:
         if self._plan is not None and not self._plan.outbound:
             return  # no receiver configured: no activity that does nothing
-        if workflow.patched(PATCH_OUTBOX):
+        if self._patched(PATCH_OUTBOX):
             return  # the store enqueued it in the transaction that wrote the fact
         event = OutboundEvent(
             type=type_,  # type: ignore[arg-type]
@@ -529,10 +534,25 @@ class DunningCampaign:
             text += f"\nFAILED (not sent): {', '.join(self._state.steps_failed)}"
         return text
 
-    def _stage(self, stage: str) -> None:
+    def _stage(self, stage: str, also: list | None = None) -> None:
+        """DunningStage (and `also`, other updates, in the same upsert)."""
         if self._attention:  # ops filter on it until someone looks: it is not overwritten
             stage = NEEDS_ATTENTION
-        if stage == self._state.stage:
-            return
-        self._state.stage = stage
-        workflow.upsert_search_attributes([sa.STAGE.value_set(stage)])
+        updates = list(also or [])
+        if stage != self._state.stage:
+            self._state.stage = stage
+            updates.insert(0, sa.STAGE.value_set(stage))
+        if updates:
+            workflow.upsert_search_attributes(updates)
+
+    def _patched(self, patch: str) -> bool:
+        """A patch older than the lean shape: in force without its marker on a lean run."""
+        return self._lean or workflow.patched(patch)
+
+    async def _bookkeeping(self, method: Any, *args: Any) -> Any:
+        """A store-only step: a local activity on a lean run, an activity before it."""
+        if self._lean:
+            return await workflow.execute_local_activity_method(
+                method, args=args, start_to_close_timeout=TIMEOUT, retry_policy=RETRY
+            )
+        return await workflow.execute_activity_method(method, args=args, start_to_close_timeout=TIMEOUT, retry_policy=RETRY)
