@@ -31,11 +31,13 @@ from temporalio.common import (
     WorkflowIDConflictPolicy,
     WorkflowIDReusePolicy,
 )
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from dunning import reasons, text
 from dunning.config import Settings
 from dunning.contracts import (
+    CURRENT_SHAPE,
     AttachRequest,
     AttachResult,
     BillingEvent,
@@ -200,11 +202,13 @@ class DunningClient:
     # --- what dispatch sends ------------------------------------------------------------
     def _start_op(self, inp: CampaignInput) -> WithStartWorkflowOperation:
         return WithStartWorkflowOperation(
-            DunningCampaign.run,
-            inp,
+            DunningCampaign.run, inp, id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING, **self._start_options(inp)
+        )
+
+    def _start_options(self, inp: CampaignInput) -> dict[str, Any]:
+        return dict(
             id=workflow_id(inp.subscription_id),
             task_queue=self.settings.temporal_task_queue,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
             search_attributes=TypedSearchAttributes(
                 [
@@ -219,10 +223,13 @@ class DunningClient:
         )
 
     async def attach(self, event: BillingEvent, anchor: datetime) -> AttachResult:
-        """Update-with-start: start the campaign anchored at `anchor`, or reach the running
-        one; one call answers which anchor is running (no describe round trip)."""
+        """Start the campaign anchored at `anchor` with the event in its input: one start
+        call, answered once the server has stored it (no worker round trip). When a
+        campaign is already running, update-with-start `attach` reaches it and answers which
+        anchor is running (or starts this one if that campaign ended in between)."""
         assert event.subscription_id is not None
         inp = CampaignInput(
+            shape=CURRENT_SHAPE,
             subscription_id=event.subscription_id,
             customer_id=event.customer_id or event.subscription_id,
             failed_at=anchor,
@@ -233,6 +240,16 @@ class DunningClient:
             currency=event.currency,
             plan_id=event.plan_id,
         )
+        try:
+            await self.client.start_workflow(
+                DunningCampaign.run,
+                inp.model_copy(update={"event": event.for_workflow()}),
+                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+                **self._start_options(inp),
+            )
+            return AttachResult(campaign_started_at=anchor, applied=True)
+        except WorkflowAlreadyStartedError:
+            pass  # a campaign is running: the Update learns which one, and applies the event if it is this one
         return await self.client.execute_update_with_start_workflow(
             DunningCampaign.attach,
             AttachRequest(event=event.for_workflow(), anchor=anchor),
@@ -278,6 +295,7 @@ class DunningClient:
         """A payment after the exhausted campaign's terminal action: a short run records
         `recovered_after_cancel` for that campaign's identity and answers."""
         inp = CampaignInput(
+            shape=CURRENT_SHAPE,
             subscription_id=subscription_id, customer_id=customer_id, failed_at=anchor, provider=provider,
             after_cancel=True,
         )  # fmt: skip

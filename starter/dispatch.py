@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from temporalio.client import WorkflowUpdateRPCTimeoutOrCancelledError
 from temporalio.service import RPCError, RPCStatusCode
 
 from dunning import rollout
@@ -49,6 +50,7 @@ from dunning.projection import PAST_DUE, Decision, decide
 from dunning.scrub import scrub
 from dunning.store import availability, inbox_parking
 from dunning.store.store import InboxRow, Store
+from starter.inbox_marks import mark_dispatched
 from starter.temporal_gate import is_unavailable
 
 if TYPE_CHECKING:
@@ -79,7 +81,9 @@ class Received:
 
 def is_transient(err: BaseException) -> bool:
     """A failure that waiting fixes: never counted towards parking."""
-    if isinstance(err, CampaignBusy) or is_unavailable(err) or availability.is_unavailable(err):
+    if isinstance(err, CampaignBusy | TimeoutError | WorkflowUpdateRPCTimeoutOrCancelledError):
+        return True  # busy, or Temporal did not answer in time: not the event's fault
+    if is_unavailable(err) or availability.is_unavailable(err):
         return True
     return isinstance(err, RPCError) and err.status in _RPC_WAITS
 
@@ -116,6 +120,17 @@ async def receive_event(
     """Inbox, projection, dispatch. Raises CampaignBusy or the Temporal error; the row then
     stays 'received' for a redelivery or the sweep. Any other failure is counted on the
     row (parked at `park_after`) and raised. A parked row answers 'parked', doing nothing."""
+    if event.subscription_id and event.kind not in RECOMPUTE_KINDS and event.kind is not EventKind.bad_debt_paid:
+        fresh = await _receive_new(store, event)
+        if fresh is not None:  # a new event: inbox row, decision and projection in one transaction
+            if fresh.action in ("none", "stale"):
+                return Received("processed", fresh.action, "nothing")
+            try:
+                result = await dispatch(store, await get_client(), event, fresh, timeout=timeout, fresh=True)
+            except Exception as err:
+                await count_failure(store, event.provider, event.event_id, err, park_after)
+                raise
+            return Received("processed", fresh.action, result)
     state = await asyncio.to_thread(
         store.inbox_receive,
         event.provider,
@@ -151,6 +166,20 @@ async def receive_event(
     return Received("processed", decision.action, result)
 
 
+async def _receive_new(store: Store, event: BillingEvent) -> Decision | None:
+    """`Store.receive_and_decide`, or None (nothing written) when the event was seen before
+    or deciding failed: the step-by-step path then records the row and counts the failure."""
+    payload = {"event": event.for_workflow().model_dump(mode="json")}
+    try:
+        return await asyncio.to_thread(store.receive_and_decide, event, payload, decide)
+    except Exception as err:
+        if availability.is_unavailable(err):
+            raise
+        log.warning("event %s/%s: deciding failed (%s); recorded step by step", event.provider, event.event_id,
+                    type(err).__name__)  # fmt: skip
+        return None
+
+
 async def _bad_debt_paid(store: Store, client: DunningClient, event: BillingEvent) -> str | None:
     from starter.bad_debt import paid_event
 
@@ -169,17 +198,26 @@ async def _recompute(store: Store, client: DunningClient, event: BillingEvent) -
 
 
 async def dispatch(
-    store: Store, client: DunningClient, event: BillingEvent, decision: Decision, *, timeout: float = DEFAULT_TIMEOUT
+    store: Store,
+    client: DunningClient,
+    event: BillingEvent,
+    decision: Decision,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    fresh: bool = False,
 ) -> str:
     """Send the decided action to Temporal, then mark the inbox row dispatched with what
-    happened. Raises CampaignBusy, or the Temporal error (see
-    `starter.temporal_gate.is_unavailable`); the row then stays undispatched."""
-    result = await asyncio.wait_for(send_decision(store, client, event, decision), timeout)
-    await asyncio.to_thread(store.inbox_mark_dispatched, event.provider, event.event_id, result)
+    happened (a group commit with other dispatches: starter.inbox_marks). Raises
+    CampaignBusy, or the Temporal error (see `starter.temporal_gate.is_unavailable`); the
+    row then stays undispatched. `fresh`: decided just now, in this call's transaction."""
+    result = await asyncio.wait_for(send_decision(store, client, event, decision, fresh=fresh), timeout)
+    await mark_dispatched(store, event.provider, event.event_id, result)
     return result
 
 
-async def send_decision(store: Store, client: DunningClient, event: BillingEvent, decision: Decision) -> str:
+async def send_decision(
+    store: Store, client: DunningClient, event: BillingEvent, decision: Decision, *, fresh: bool = False
+) -> str:
     sub_id = decision.subscription_id
     action = decision.action
     if action in ("none", "stale"):
@@ -189,8 +227,12 @@ async def send_decision(store: Store, client: DunningClient, event: BillingEvent
     if action == "start" and rollout.mode_for(client.settings.rollout, sub_id, decision.customer_id) == "off":
         return "rollout_off"  # outside the rollout's slice: the engine starts no campaign
     if action == "start":
-        current = await asyncio.to_thread(store.get_subscription, sub_id)
-        if current is None or current.status != PAST_DUE or current.dunning_campaign_started_at != decision.anchor:
+        # a stored decision (a redelivery, the sweep) is checked against the projection now;
+        # a fresh one was decided from it a moment ago (and every effect re-checks anyway)
+        current = None if fresh else await asyncio.to_thread(store.get_subscription, sub_id)
+        if not fresh and (
+            current is None or current.status != PAST_DUE or current.dunning_campaign_started_at != decision.anchor
+        ):
             return "superseded"  # paid, resolved or re-anchored since: starting now would be wrong
         assert decision.anchor is not None
         attached = await client.attach(event.model_copy(update={"customer_id": decision.customer_id}), decision.anchor)

@@ -1,8 +1,10 @@
-"""The API dies between the inbox commit and the projection write (an injected failure
-point): the provider gets a 5xx, and whichever comes first, the API's sweep or the
-provider's redelivery, completes the event with a campaign that reaches its customer
-(the first notice lands at the SMTP sink). The email lives in the inbox row's own
-columns, never in the payload that goes to Temporal. SQLite and PostgreSQL."""
+"""The API dies after the event's one transaction (inbox row, decision, projection) and
+before Temporal has it (an injected failure point): the provider gets a 5xx, and
+whichever comes first, the API's sweep or the provider's redelivery, completes the event
+with a campaign that reaches its customer (the first notice lands at the SMTP sink). The
+email lives in the inbox row's own columns, never in the payload that goes to Temporal.
+An inbox row can no longer exist without its decision and projection. SQLite and
+PostgreSQL."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from sqlalchemy import select
 from dunning.contracts import BillingEvent
 from dunning.projection import decide
 from dunning.store.schema import inbox
-from dunning.store.store import Store
+from starter import dispatch
 from starter.dispatch import redispatch_pending, stored_event
 from tests.api_helpers import api, eventually, post, subs, uid  # noqa: F401
 from tests.test_store_inbox import event, receive
@@ -23,17 +25,17 @@ from tests.webhook_payloads import stripe_request
 
 @pytest.fixture
 def crash_once(monkeypatch):
-    """Store.apply_projection raises the first time it is called (after the inbox commit)."""
-    original = Store.apply_projection
+    """The first dispatch to Temporal raises (after the event's transaction committed)."""
+    original = dispatch.send_decision
     crashed: list[str] = []
 
-    def apply_projection(self, event, decide_fn):
+    async def send_decision(store, client, event, decision, **kw):
         if not crashed:
             crashed.append(event.event_id)
-            raise RuntimeError("injected: the process died after the inbox commit")
-        return original(self, event, decide_fn)
+            raise RuntimeError("injected: the process died before Temporal had the event")
+        return await original(store, client, event, decision, **kw)
 
-    monkeypatch.setattr(Store, "apply_projection", apply_projection)
+    monkeypatch.setattr(dispatch, "send_decision", send_decision)
     return crashed
 
 
@@ -45,9 +47,9 @@ async def deliver_and_crash(tenv, api, store, crashed, sub: str, email: str):
     event_id = json.loads(request[1])["id"]
     assert crashed == [event_id]
     row = store.inbox_get("stripe", event_id)
-    assert row.status == "received" and "decision" not in row.payload
+    assert row.status == "received" and row.payload["decision"]["action"] == "start"  # decided, not dispatched
     assert email not in json.dumps(row.payload)  # the payload goes to Temporal: no personal data
-    assert store.get_subscription(sub) is None and store.get_customer(f"cus_{sub}") is None  # half-applied
+    assert store.get_subscription(sub).status == "past_due" and store.get_customer(f"cus_{sub}").email == email
     return request, event_id
 
 

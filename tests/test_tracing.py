@@ -1,5 +1,5 @@
 """One trace from a webhook to the activities it caused (starter.telemetry): the HTTP
-server span, the client's update-with-start, the workflow's run and its activities share
+server span, the client's start, the workflow's run and its activities share
 a trace id, and no span attribute holds an address. Spans go to an in-memory exporter;
 the client comes from `worker.app.connect` (so it carries the tracing interceptor) on the
 time-skipping server. A history recorded with tracing headers replays with and without
@@ -68,7 +68,7 @@ async def test_a_webhook_its_workflow_and_activities_share_one_trace(tenv, setti
                 return [s.name for s in spans.get_finished_spans() if s.context.trace_id == trace_id]
 
             names = await eventually(lambda: (n := in_trace()) and "RunActivity:send_step_email" in n and n)
-            assert "StartUpdateWithStartWorkflow:DunningCampaign" in names
+            assert "StartWorkflow:DunningCampaign" in names  # the campaign starts with its failure
             assert "RunWorkflow:DunningCampaign" in names
             assert "RunActivity:begin_campaign" in names
             history = await handle.fetch_history()

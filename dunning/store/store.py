@@ -483,6 +483,20 @@ class Store:
         with self.write() as conn:
             return conn.execute(stmt).rowcount == 1
 
+    def inbox_mark_dispatched_many(self, marks: list[tuple[str, str, str | None]]) -> list[bool]:
+        """`inbox_mark_dispatched` for several (provider, event_id, reason) in one transaction."""
+        i = inbox.c
+        now = _now()
+        out = []
+        with self.write() as conn:
+            for provider, event_id, reason in marks:
+                values: dict[str, Any] = {"status": "dispatched", "dispatched_at": now}
+                if reason is not None:
+                    values["reason"] = reason
+                where = (i.provider == provider) & (i.event_id == event_id) & (i.status == "received")
+                out.append(conn.execute(update(inbox).where(where).values(**values)).rowcount == 1)
+        return out
+
     def inbox_get(self, provider: str, event_id: str) -> InboxRow | None:
         with self._reader.connect() as conn:
             row = conn.execute(
@@ -550,6 +564,44 @@ class Store:
                 payload = dict(stored.payload) if isinstance(stored.payload, dict) else {}
                 payload["decision"] = decision.model_dump(mode="json")
                 conn.execute(update(inbox).where(where_inbox).values(payload=payload))
+        return decision
+
+    def receive_and_decide(
+        self,
+        event: BillingEvent,
+        payload: dict[str, Any],
+        decide_fn: Callable[[Subscription | None, BillingEvent], Decision],
+    ) -> Decision | None:
+        """The common case of the receive path in ONE transaction: a new event's inbox row
+        with its decision on it, the projection and the customer's contact (what
+        `inbox_receive` then `apply_projection` do in two). A decision with nothing to send
+        ('none', 'stale') is recorded dispatched in the same transaction. Returns None, having
+        written nothing, for an event the inbox has seen before: the caller takes the
+        redelivery path."""
+        if not event.subscription_id:
+            raise ValueError(f"event {event.event_id!r} names no subscription")
+        i = inbox.c
+        email = event.customer_email if event.customer_email and len(event.customer_email) <= EMAIL_MAX else None
+        with self.write() as conn:
+            self.lock_subscription(conn, event.subscription_id)  # the same event is this subscription's
+            seen = select(i.id).where(i.provider == event.provider, i.event_id == event.event_id)
+            if conn.execute(seen).first() is not None:
+                return None
+            decision = decide_fn(self.locked_subscription(conn, event.subscription_id), event)
+            now = _now()
+            done = decision.action in ("none", "stale")
+            row = self.insert(inbox).values(
+                provider=event.provider, event_id=event.event_id, event_type=event.event_type,
+                subscription_id=event.subscription_id, occurred_at=_utc("occurred_at", event.occurred_at),
+                received_at=now, status="dispatched" if done else "received", reason="nothing" if done else None,
+                dispatched_at=now if done else None, payload={**payload, "decision": decision.model_dump(mode="json")},
+                customer_email=email, customer_name=event.customer_name[:NAME_MAX] if event.customer_name else None,
+            )  # fmt: skip
+            conn.execute(row)
+            if decision.write:
+                self.write_projection(conn, decision)
+            if decision.action != "stale":
+                self._customer_from_event(conn, decision.customer_id, event)
         return decision
 
     def write_projection(self, conn: Connection, d: Decision) -> None:
