@@ -11,7 +11,7 @@ Traces, set with the standard OpenTelemetry variables:
 
 With none of them set no tracer provider is installed and spans cost nothing.
 `setup_tracing` installs the provider once per process (`worker.app.connect` and
-`starter.api.create_app` call it). `tracing_interceptor` goes on every Temporal client
+`starter.api.create_app` call it). `tracing_interceptors` go on every Temporal client
 `connect` builds, and so on its workers: client calls (start, update, signal) are spans
 whose context rides in the Temporal headers to the workflow's and activities' spans;
 `instrument_app` adds a server span per HTTP request (not /healthz, /readyz, /metrics).
@@ -92,10 +92,14 @@ def setup_tracing(processor: SpanProcessor | None = None) -> TracerProvider | No
         return provider
 
 
-def tracing_interceptor() -> TracingInterceptor:
-    """Temporal's OpenTelemetry interceptor (client calls, workflows, activities). It only
-    adds spans and a header: commands and history are unchanged, so replay is too."""
-    return TracingInterceptor()
+def tracing_interceptors() -> list[TracingInterceptor]:
+    """Temporal's OpenTelemetry interceptor (client calls, workflows, activities) when this
+    process traces (`setup_tracing` installed a provider); none otherwise, so an untraced
+    worker pays nothing per workflow task or activity. It only adds spans and a header:
+    commands and history are unchanged, so replay is too."""
+    if not isinstance(trace.get_tracer_provider(), TracerProvider):
+        return []
+    return [TracingInterceptor()]
 
 
 def _scrub_attributes(span: Any, _scope: dict[str, Any]) -> None:

@@ -51,7 +51,7 @@ async def connect(settings: Settings) -> Client:
         data_converter=pydantic_data_converter,
         tls=settings.temporal_tls,
         api_key=settings.temporal_api_key,
-        interceptors=[telemetry.tracing_interceptor()],
+        interceptors=telemetry.tracing_interceptors(),
         runtime=telemetry.temporal_runtime(),
     )
 
@@ -84,7 +84,7 @@ def build_worker(client: Client, settings: Settings, store: Store, task_queue: s
         max_concurrent_activities=settings.worker_max_concurrent_activities,
         graceful_shutdown_timeout=timedelta(seconds=settings.shutdown_grace_seconds),
         # a client from `connect` brings the tracing interceptor; any other gets it here
-        interceptors=[] if _traced(client) else [telemetry.tracing_interceptor()],
+        interceptors=[] if _traced(client) else telemetry.tracing_interceptors(),
     )
 
 
