@@ -33,10 +33,7 @@ def payment_link(settings: Settings, subscription_id: str, now: datetime) -> str
 
 
 def email_context(settings: Settings, store: Store, req: StepRequest, customer: Customer) -> dict[str, Any]:
-    begun = next(
-        (e.data for e in store.events(req.subscription_id, req.campaign_started_at) if e.type == "dunning.campaign_started"),
-        {},
-    )  # fmt: skip
+    begun = store.ledger_data(req.subscription_id, req.campaign_started_at, "dunning.campaign_started")
     plan = begun.get("plan_id")
     return {
         "customer_name": customer.name,

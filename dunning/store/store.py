@@ -327,6 +327,17 @@ class Store:
             rows = conn.execute(query.order_by(e.occurred_at, e.id)).all()
         return [LedgerEvent(*row) for row in rows]
 
+    def ledger_data(self, subscription_id: str, campaign_started_at: datetime, type: str, step_key: str = "") -> dict:
+        """One ledger row's data by its unique key ({} when there is none)."""
+        e = dunning_events.c
+        query = select(e.data).where(
+            e.subscription_id == subscription_id, e.campaign_started_at == _utc("campaign_started_at", campaign_started_at),
+            e.type == type, e.step_key == step_key,
+        )  # fmt: skip
+        with self._reader.connect() as conn:
+            found = conn.execute(query).scalar()
+        return found if isinstance(found, dict) else {}
+
     # --- step deliveries ---------------------------------------------------------------
     def delivery(self, subscription_id: str, campaign_started_at: datetime, step_key: str) -> Any:
         d = step_deliveries.c
