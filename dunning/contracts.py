@@ -383,3 +383,9 @@ class BillingEvent(BaseModel):
     def for_workflow(self) -> BillingEvent:
         """The same event without personal data, safe for a workflow signal."""
         return self.model_copy(update={"customer_email": None, "customer_name": None, "decline_message": None})
+
+
+# CampaignInput names BillingEvent, defined after it: resolve that now, so a worker that
+# decodes a campaign's input before anything else touched the models can (pydantic would
+# otherwise fail "not fully defined" in a fresh process).
+CampaignInput.model_rebuild()
