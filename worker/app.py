@@ -22,6 +22,7 @@ from temporalio.client import Client
 from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.campaign import CampaignActivities
 from activities.outbound import OutboundActivities
@@ -37,6 +38,14 @@ from workflows.campaign import DunningCampaign
 from workflows.drift_sweep import DriftSweep
 
 log = logging.getLogger("dunning.worker")
+# The sandbox re-imports a workflow's module for every run and keeps that copy while the run
+# is cached (~65 KB of code objects per campaign). The engine's workflow modules hold no
+# state and do no I/O (tests/test_workflow_purity.py reads them), so they are passed
+# through like the rest of the engine's pure code; the sandbox still isolates every other
+# import and the replay tests still prove determinism.
+WORKFLOW_RUNNER = SandboxedWorkflowRunner(
+    restrictions=SandboxRestrictions.default.with_passthrough_modules("workflows.campaign", "workflows.drift_sweep")
+)
 SHUTDOWN_SLACK = 5.0  # seconds past the grace period before the process stops waiting
 
 
@@ -77,6 +86,7 @@ def build_worker(client: Client, settings: Settings, store: Store, task_queue: s
         client,
         task_queue=task_queue or settings.temporal_task_queue,
         workflows=[DunningCampaign, DriftSweep],
+        workflow_runner=WORKFLOW_RUNNER,
         activities=activities,
         # every activity is async; the store's blocking calls run on the loop's default
         # executor, sized by `worker_db_threads` (serve_worker)
