@@ -2,11 +2,12 @@
 #   make run    set up a venv and run the whole engine (`dunning dev`)
 #   make test   set up a venv, run ruff and mypy, then every test (PostgreSQL lane included)
 #   make chromium  install Debian's headless Chromium (the HTML report test draws with it; as root)
+#   make bench  the engine against bare Temporal, every ratio in one table (about ten minutes)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup run test lint clean chromium
+.PHONY: setup run test lint clean chromium bench
 
 setup: $(VENV)/.installed
 
@@ -27,6 +28,9 @@ lint: setup
 test: lint
 	$(BIN)/pytest -q
 
+
+bench: setup
+	$(BIN)/python -m bench.run
 
 chromium:
 	command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium)
