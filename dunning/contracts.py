@@ -385,7 +385,11 @@ class BillingEvent(BaseModel):
         return self.model_copy(update={"customer_email": None, "customer_name": None, "decline_message": None})
 
 
-# CampaignInput names BillingEvent, defined after it: resolve that now, so a worker that
-# decodes a campaign's input before anything else touched the models can (pydantic would
-# otherwise fail "not fully defined" in a fresh process).
-CampaignInput.model_rebuild()
+# Some models name one defined after them (CampaignInput -> BillingEvent, StepOutcome ->
+# Superseded): resolve every one now, so a worker that decodes an input or a result before
+# anything else touched the models can (pydantic would otherwise fail "not fully defined"
+# in a fresh process, e.g. a restarted worker replaying a campaign).
+for _model in [v for v in list(globals().values()) if isinstance(v, type) and issubclass(v, BaseModel)
+               and v.__module__ == __name__]:  # fmt: skip
+    if not _model.__pydantic_complete__:
+        _model.model_rebuild()

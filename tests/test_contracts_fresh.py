@@ -13,7 +13,12 @@ import sys
 from temporalio.api.common.v1 import Payload
 from temporalio.contrib.pydantic import pydantic_data_converter
 from dunning.contracts import CampaignInput
-assert CampaignInput.__pydantic_complete__, "CampaignInput is not fully defined on import"
+import dunning.contracts as contracts
+from pydantic import BaseModel
+models = [v for v in vars(contracts).values() if isinstance(v, type) and issubclass(v, BaseModel)
+          and v.__module__ == contracts.__name__]
+incomplete = [m.__name__ for m in models if not m.__pydantic_complete__]
+assert not incomplete, f"not fully defined on import: {incomplete}"
 payload = Payload(metadata={"encoding": b"json/plain"}, data=sys.stdin.buffer.read())
 (inp,) = pydantic_data_converter.payload_converter.from_payloads([payload], [CampaignInput])
 print(inp.event.event_id, inp.shape)
