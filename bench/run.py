@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -70,7 +71,7 @@ def main() -> int:
     print(f"\n== every ratio against its target ({(time.monotonic() - started) / 60:.1f} min)")
     print(f"{'benchmark':58} {'figure':36} {'engine':>9} {'bare':>9} {'ratio':>6}  target")
     for f in figures:
-        med = lambda xs: sorted(xs)[len(xs) // 2] if xs else float("nan")  # noqa: E731
+        med = lambda xs: statistics.median(xs) if xs else float("nan")  # noqa: E731
         mark = "ok" if f["holds"] else "MISSED"
         print(f"{f['bench'][:58]:58} {f['figure'][:36]:36} {med(f['engine']):9.3g} {med(f['baseline']):9.3g} "
               f"{f['ratio']:6.2f}  {f['target']} {mark}")  # fmt: skip
