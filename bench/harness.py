@@ -181,12 +181,17 @@ def worker(kind: str, overrides: dict[str, Any], max_cached: int | None = None) 
         threading.Thread(target=_drain, args=(proc.stdout,), daemon=True).start()
         yield WorkerProc(proc, kind)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, 30)
+
+
+def stop(proc: subprocess.Popen, grace: float) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 # --- numbers -----------------------------------------------------------------------------

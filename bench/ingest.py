@@ -36,7 +36,6 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -168,12 +167,7 @@ async def api(overrides: dict[str, Any], home: Path, profile: Path | None) -> As
                 raise RuntimeError(f"the API was not ready within 60 s: see {home / 'api.log'}")
         yield proc
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        harness.stop(proc, 60)
         log.close()
 
 

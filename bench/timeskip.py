@@ -29,7 +29,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -39,40 +39,14 @@ from bench.baseline import BareCampaign, BareInput, actions_for, bare_effect
 from bench.campaigns import history_shape
 from dunning.config import Settings
 from dunning.store.store import Store
-from starter.client import DunningClient
-from worker import search_attributes
-from worker.app import build_worker, size_db_threads
+from tests.temporal_fixtures import SkippingDunningClient  # the test suite's client on this server
+from worker import app, search_attributes
+from worker.app import build_worker
 from worker.binaries import find_binary
 from workflows.campaign import workflow_id
 
 EMAILS = 3
 SHAPE = ("events", "workflow tasks", "activities", "timers", "search-attribute upserts", "markers")
-
-
-class _SkippingHandle(WorkflowHandle):
-    """A handle whose result() lets the time-skipping server skip time while it waits
-    (what the test environment does for handles from its own start_workflow);
-    as in tests/temporal_fixtures.py."""
-
-    env: Any
-
-    async def result(self, **kwargs: Any) -> Any:
-        async with self.env.time_skipping_unlocked():
-            return await super().result(**kwargs)
-
-
-class SkippingDunningClient(DunningClient):
-    """The engine's client on the time-skipping server: its clock, and handles that skip."""
-
-    def __init__(self, env: WorkflowEnvironment, store: Store, settings: Settings) -> None:
-        super().__init__(env.client, store, settings, clock=env.get_current_time)
-        self.env = env
-
-    def _handle(self, subscription_id: str) -> WorkflowHandle:
-        handle = super()._handle(subscription_id)
-        handle.__class__ = _SkippingHandle
-        handle.env = self.env  # type: ignore[attr-defined]
-        return handle
 
 
 def round_settings(sink: harness.Sink, kind: str) -> tuple[dict[str, Any], Settings]:
@@ -120,8 +94,8 @@ async def baseline_round(env: WorkflowEnvironment, sink: harness.Sink, n: int) -
     results = []
     worker = Worker(
         env.client, task_queue=tq, workflows=[BareCampaign], activities=[bare_effect],
-        max_cached_workflows=settings.worker_max_cached_workflows,
-        max_concurrent_activities=settings.worker_max_concurrent_activities,
+        max_cached_workflows=getattr(settings, "worker_max_cached_workflows", 1000),
+        max_concurrent_activities=getattr(settings, "worker_max_concurrent_activities", 64),
     )  # fmt: skip
     async with worker:
         with harness.Timer() as timer:
@@ -148,7 +122,8 @@ async def main(argv: list[str] | None = None) -> bool:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     harness.clean_environment()
-    size_db_threads(harness.settings_from({}))  # as a worker process does (bench.worker_proc)
+    if hasattr(app, "size_db_threads"):  # as a worker process does (bench.worker_proc); older engines did not
+        app.size_db_threads(harness.settings_from({}))
     per = harness.Figure("seconds per campaign", "s", target="<= 1.3")
     checks: dict[str, bool] = {}
     last: dict[str, str] = {}
