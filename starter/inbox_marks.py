@@ -18,13 +18,14 @@ class MarkBatcher:
         self.store = store
         self._pending: list[tuple[Mark, asyncio.Future[bool]]] = []
         self._flushing = False
+        self._task: asyncio.Task[None] | None = None
 
     async def mark(self, provider: str, event_id: str, reason: str | None) -> bool:
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._pending.append(((provider, event_id, reason), future))
         if not self._flushing:
             self._flushing = True
-            asyncio.get_running_loop().create_task(self._flush())
+            self._task = asyncio.get_running_loop().create_task(self._flush())  # held: the loop keeps weak refs
         return await future
 
     async def _flush(self) -> None:

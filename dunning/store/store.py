@@ -39,6 +39,11 @@ _PROJECTION_LOCK = 0x70726F6A  # pg advisory lock class ("proj"), keyed by subsc
 EMAIL_MAX, NAME_MAX = 320, 255  # customers.email / customers.name
 
 
+def _contact(email: str | None, name: str | None) -> tuple[str | None, str | None]:
+    """An address and a name as the store keeps them: an over-long address is dropped, a name cut."""
+    return (email if email and len(email) <= EMAIL_MAX else None), (name[:NAME_MAX] if name else None)
+
+
 @dataclass(frozen=True)
 class Customer:
     id: str
@@ -472,8 +477,7 @@ class Store:
         which reaches Temporal), in the row's transaction: a later dispatch of this row
         (the sweep, a redelivery) can always reach the customer. A redelivery that carries
         them fills a row that lacks them."""
-        email = customer_email if customer_email and len(customer_email) <= EMAIL_MAX else None
-        name = customer_name[:NAME_MAX] if customer_name else None
+        email, name = _contact(customer_email, customer_name)
         stmt = self.insert(inbox).values(
             provider=provider, event_id=event_id, event_type=event_type, subscription_id=subscription_id,
             occurred_at=_utc("occurred_at", occurred_at), received_at=_now(), status="received",
@@ -512,17 +516,7 @@ class Store:
 
     def inbox_mark_dispatched(self, provider: str, event_id: str, reason: str | None = None) -> bool:
         """received -> dispatched. False if the row was not 'received' (already done)."""
-        i = inbox.c
-        values: dict[str, Any] = {"status": "dispatched", "dispatched_at": _now()}
-        if reason is not None:
-            values["reason"] = reason
-        stmt = (
-            update(inbox)
-            .where(i.provider == provider, i.event_id == event_id, i.status == "received")
-            .values(**values)
-        )
-        with self.write() as conn:
-            return conn.execute(stmt).rowcount == 1
+        return self.inbox_mark_dispatched_many([(provider, event_id, reason)])[0]
 
     def inbox_mark_dispatched_many(self, marks: list[tuple[str, str, str | None]]) -> list[bool]:
         """`inbox_mark_dispatched` for several (provider, event_id, reason) in one transaction."""
@@ -622,7 +616,7 @@ class Store:
         if not event.subscription_id:
             raise ValueError(f"event {event.event_id!r} names no subscription")
         i = inbox.c
-        email = event.customer_email if event.customer_email and len(event.customer_email) <= EMAIL_MAX else None
+        email, name = _contact(event.customer_email, event.customer_name)
         with self.write() as conn:
             self.lock_subscription(conn, event.subscription_id)  # the same event is this subscription's
             seen = select(i.id).where(i.provider == event.provider, i.event_id == event.event_id)
@@ -636,7 +630,7 @@ class Store:
                 subscription_id=event.subscription_id, occurred_at=_utc("occurred_at", event.occurred_at),
                 received_at=now, status="dispatched" if done else "received", reason="nothing" if done else None,
                 dispatched_at=now if done else None, payload={**payload, "decision": decision.model_dump(mode="json")},
-                customer_email=email, customer_name=event.customer_name[:NAME_MAX] if event.customer_name else None,
+                customer_email=email, customer_name=name,
             )  # fmt: skip
             conn.execute(row)
             if decision.write:
@@ -658,8 +652,7 @@ class Store:
         conn.execute(ins.on_conflict_do_update(index_elements=[subscriptions.c.id], set_=values))
 
     def _customer_from_event(self, conn: Connection, customer_id: str, event: BillingEvent) -> None:
-        email = event.customer_email if event.customer_email and len(event.customer_email) <= EMAIL_MAX else None
-        name = event.customer_name[:NAME_MAX] if event.customer_name else None
+        email, name = _contact(event.customer_email, event.customer_name)
         if email is None and name is None:
             return
         now = _now()
